@@ -1,0 +1,92 @@
+"""How a service process starts and stops.
+
+:func:`run_service` installs uvloop, turns the first SIGTERM/SIGINT into a stop
+request (a second one exits at once), runs the service's main coroutine and maps
+the outcome to an exit status:
+
+- 0: stopped cleanly;
+- 1: a fatal runtime error (broker unreachable, auth failure), one line on stderr;
+- 2: a bad setting, one line on stderr naming it.
+
+No traceback reaches the user for an error the project knows about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+import uvloop
+
+from sensorstream.schema import ConfigError, FatalError
+
+from .settings import EXIT_BAD_SETTING
+
+__all__ = ["EXIT_FATAL", "StopSignal", "run_service"]
+
+EXIT_FATAL = 1
+
+log = structlog.get_logger("sensorstream.lifecycle")
+
+
+class StopSignal:
+    """Set by SIGTERM or SIGINT; the service's loops watch it and wind down."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.signal_name: str | None = None
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+    def request(self, reason: str) -> None:
+        if self.event.is_set():
+            return
+        self.signal_name = reason
+        self.event.set()
+
+
+def _install_signal_handlers(stop: StopSignal) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            # A second signal means "now": skip the graceful drain.
+            log.warning("shutdown_forced", signal=sig.name)
+            sys.stderr.flush()
+            raise SystemExit(EXIT_FATAL)
+        log.info("shutdown_requested", signal=sig.name)
+        stop.request(sig.name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+def run_service(
+    main: Callable[[StopSignal], Coroutine[Any, Any, int]], *, prog: str
+) -> int:
+    """Run ``main(stop)`` on uvloop and return the process exit status."""
+
+    async def runner() -> int:
+        stop = StopSignal()
+        _install_signal_handlers(stop)
+        return await main(stop)
+
+    try:
+        return uvloop.run(runner())
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTING
+    except FatalError as exc:
+        log.error("service_failed", error=str(exc))
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        return EXIT_FATAL
