@@ -1,1 +1,71 @@
-"""placeholder"""
+"""The event contract of Sensorstream: what travels on each topic, and its codecs.
+
+Both services import this package and nothing else to agree on the wire format.
+It has no I/O, no logging and no Kafka client: only value objects, encoders,
+decoders and the exception tree. ``decode_reading`` is on the per-event hot path.
+
+The JSON Schema ``shared/schema/sensor-reading.v1.schema.json`` documents the input
+topic for other languages; a unit test keeps it equal to the constants here.
+Legacy v0 payloads (the kafka-python tutorial format) are upgraded on decode; see
+``SensorReading.schema_version``.
+"""
+
+from ._constants import (
+    AGGREGATES_TOPIC,
+    ALERTS_TOPIC,
+    DLQ_TOPIC,
+    EVENT_ID_PATTERN,
+    EVENT_TIME_RANGE,
+    HUMIDITY_RANGE,
+    INPUT_TOPIC,
+    LEGACY_EVENT_ID_NAMESPACE,
+    LEGACY_SCHEMA_VERSION,
+    MAX_EVENT_BYTES,
+    SCHEMA_VERSION,
+    SENSOR_ID_PATTERN,
+    SEQ_RANGE,
+    TEMPERATURE_RANGE,
+)
+from ._dead_letter import DeadLetterHeaders, DeadLetterReason
+from ._errors import ConfigError, FatalError, PoisonEventError, RetriableError, SensorstreamError
+from ._models import Alert, AlertKind, SensorReading, WindowAggregate
+from ._outputs import decode_aggregate, decode_alert, encode_aggregate, encode_alert
+from ._reading import decode_reading, encode_reading, parse_reading
+from ._rejection import Rejection, RejectReason
+
+__all__ = [
+    "AGGREGATES_TOPIC",
+    "ALERTS_TOPIC",
+    "DLQ_TOPIC",
+    "EVENT_ID_PATTERN",
+    "EVENT_TIME_RANGE",
+    "HUMIDITY_RANGE",
+    "INPUT_TOPIC",
+    "LEGACY_EVENT_ID_NAMESPACE",
+    "LEGACY_SCHEMA_VERSION",
+    "MAX_EVENT_BYTES",
+    "SCHEMA_VERSION",
+    "SENSOR_ID_PATTERN",
+    "SEQ_RANGE",
+    "TEMPERATURE_RANGE",
+    "Alert",
+    "AlertKind",
+    "ConfigError",
+    "DeadLetterHeaders",
+    "DeadLetterReason",
+    "FatalError",
+    "PoisonEventError",
+    "RejectReason",
+    "Rejection",
+    "RetriableError",
+    "SensorReading",
+    "SensorstreamError",
+    "WindowAggregate",
+    "decode_aggregate",
+    "decode_alert",
+    "decode_reading",
+    "encode_aggregate",
+    "encode_alert",
+    "encode_reading",
+    "parse_reading",
+]
