@@ -51,4 +51,5 @@ __all__ = [
     "load_settings",
     "parse_bootstrap_servers",
     "redact_secrets",
+    "run_service",
 ]

@@ -69,9 +69,7 @@ def _install_signal_handlers(stop: StopSignal) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
-def run_service(
-    main: Callable[[StopSignal], Coroutine[Any, Any, int]], *, prog: str
-) -> int:
+def run_service(main: Callable[[StopSignal], Coroutine[Any, Any, int]], *, prog: str) -> int:
     """Run ``main(stop)`` on uvloop and return the process exit status."""
 
     async def runner() -> int:

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
 
 __all__ = [
@@ -85,9 +85,7 @@ class ServiceSettings(BaseSettings):
     bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port."
     )
-    security_protocol: SecurityProtocol = Field(
-        "PLAINTEXT", description="Kafka security protocol."
-    )
+    security_protocol: SecurityProtocol = Field("PLAINTEXT", description="Kafka security protocol.")
     sasl_mechanism: SaslMechanism = Field("PLAIN", description="SASL mechanism (SASL_* only).")
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
@@ -104,15 +102,16 @@ class ServiceSettings(BaseSettings):
         description="Address for /metrics, /healthz and /readyz (0.0.0.0 in containers).",
     )
     metrics_port: int = Field(
-        8000, ge=0, le=65535, description="Port for /metrics, /healthz and /readyz; 0 = any free port."
+        8000,
+        ge=0,
+        le=65535,
+        description="Port for /metrics, /healthz and /readyz; 0 = any free port.",
     )
     log_format: LogFormat | None = Field(
         None, description="json or console (default: console on a terminal, json otherwise)."
     )
     log_level: LogLevel = Field("info", description="Lowest log level written.")
-    summary_interval: float = Field(
-        10.0, gt=0, description="Seconds between summary log lines."
-    )
+    summary_interval: float = Field(10.0, gt=0, description="Seconds between summary log lines.")
     startup_timeout: float = Field(
         60.0, gt=0, description="Seconds to keep retrying an unreachable broker at start-up."
     )
@@ -150,8 +149,7 @@ class ServiceSettings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """The settings as plain values for a start-up log line; secrets stay masked."""
         return {
-            key: ("**********" if isinstance(value, SecretStr) else value)
-            for key, value in self
+            key: ("**********" if isinstance(value, SecretStr) else value) for key, value in self
         }
 
 
@@ -178,9 +176,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_settings(
-    cls: type[S], argv: Sequence[str] | None = None, *, prog: str | None = None
-) -> S:
+def load_settings(cls: type[S], argv: Sequence[str] | None = None, *, prog: str | None = None) -> S:
     """Build ``cls`` from CLI flags, environment and defaults, or exit 2 with one line."""
     prog = prog or cls.service_name
     args = list(sys.argv[1:] if argv is None else argv)
