@@ -1,0 +1,308 @@
+"""The processing steps of one partition: decode -> window -> alert -> route.
+
+``PartitionPipeline.process`` turns a batch of consumed records into a
+``BatchResult``: the records to produce (aggregates, alerts, dead letters), the
+valid readings for the user's handler, and the counts the runtime turns into
+metrics. It is pure and synchronous: it never touches Kafka, the clock, a logger
+or a metric, so the runtime owns every side effect and the steps stay testable.
+
+Replay: records with ``offset < replay_until`` were processed before a restart and
+their outputs acknowledged; they only rebuild window and alert state. Nothing they
+cause is emitted, including windows that close during the replay (those aggregates
+were emitted before the restart). Windows still open when the replay ends are
+emitted later, in full, as usual.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sensorstream.schema import (
+    AGGREGATES_TOPIC,
+    ALERTS_TOPIC,
+    DLQ_TOPIC,
+    DeadLetterHeaders,
+    DeadLetterReason,
+    Rejection,
+    SensorReading,
+    decode_reading,
+    encode_aggregate,
+    encode_alert,
+)
+
+from ._alerts import AlertRules, AlertThresholds
+from ._windows import SensorWindow, TumblingWindows
+
+__all__ = [
+    "AlertThresholds",
+    "BatchResult",
+    "ConsumedRecord",
+    "OutputRecord",
+    "PartitionPipeline",
+    "PipelineConfig",
+    "dead_letter",
+]
+
+_LATE_MESSAGE = (
+    "event_time {event_time} is in window [{start}, {end}), already closed (watermark {watermark})"
+)
+
+
+class ConsumedRecord(Protocol):
+    """What the pipeline reads from a consumed record (aiokafka's ConsumerRecord fits)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineConfig:
+    """How one partition's events are windowed, alerted on and routed."""
+
+    window_size_ms: int = 10_000
+    allowed_lateness_ms: int = 5_000
+    idle_timeout_s: float = 30.0
+    dead_letter_late: bool = False
+    """Also send late events to the DLQ (reason ``late_event``); they are always counted."""
+    thresholds: AlertThresholds = field(default_factory=AlertThresholds)
+    instance: str
+    """This processor instance, written into every dead letter's headers."""
+    aggregates_topic: str = AGGREGATES_TOPIC
+    alerts_topic: str = ALERTS_TOPIC
+    dlq_topic: str = DLQ_TOPIC
+
+    def __post_init__(self) -> None:
+        if self.window_size_ms <= 0:
+            raise ValueError(f"window_size_ms must be > 0, got {self.window_size_ms}")
+        if self.allowed_lateness_ms < 0:
+            raise ValueError(f"allowed_lateness_ms must be >= 0, got {self.allowed_lateness_ms}")
+        if self.idle_timeout_s <= 0:
+            raise ValueError(f"idle_timeout_s must be > 0, got {self.idle_timeout_s}")
+
+
+@dataclass(slots=True)
+class OutputRecord:
+    """One record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one call of ``process`` or ``close_idle`` produced and counted."""
+
+    outputs: list[OutputRecord] = field(default_factory=list)
+    """To produce, in the order they arose (aggregates, alerts and dead letters interleaved)."""
+    valid: list[tuple[Any, SensorReading]] = field(default_factory=list)
+    """(record, reading) for the user's handler, in offset order; replayed events excluded."""
+    ok: int = 0
+    """Valid events that went into their window (replayed ones not included)."""
+    invalid: int = 0
+    """Events the decoder refused (all dead-lettered)."""
+    late: int = 0
+    """Valid events whose window had already closed."""
+    replayed: int = 0
+    """Events below ``replay_until`` that only rebuilt state."""
+    aggregates: int = 0
+    alerts_emitted: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    """Dead letters by ``DeadLetterReason`` value."""
+    alerts: Counter[str] = field(default_factory=Counter)
+    """Alerts by kind."""
+    event_time_min: int | None = None
+    """Smallest event time of the readings in ``valid`` (for latency metrics)."""
+    event_time_max: int | None = None
+    """Largest event time of the readings in ``valid``."""
+
+
+def dead_letter(
+    record: Any, *, reason: DeadLetterReason, error: str, instance: str, dlq_topic: str
+) -> OutputRecord:
+    """The DLQ record for ``record``: its key, value and headers unchanged, plus ours."""
+    headers = list(record.headers or ())
+    headers.extend(
+        DeadLetterHeaders(
+            reason=reason,
+            error=error,
+            original_topic=record.topic,
+            original_partition=record.partition,
+            original_offset=record.offset,
+            original_timestamp=record.timestamp,
+            instance=instance,
+        ).to_kafka_headers()
+    )
+    return OutputRecord(topic=dlq_topic, key=record.key, value=record.value, headers=headers)
+
+
+class PartitionPipeline:
+    """One per assigned partition; owned by exactly one PartitionWorker task."""
+
+    def __init__(
+        self, topic: str, partition: int, config: PipelineConfig, *, replay_until: int = -1
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.config = config
+        self.replay_until = replay_until
+        """Records with a smaller offset only rebuild state (see the module docstring)."""
+        self._windows = TumblingWindows(
+            size_ms=config.window_size_ms,
+            allowed_lateness_ms=config.allowed_lateness_ms,
+            idle_timeout_s=config.idle_timeout_s,
+        )
+        self._alerts = AlertRules(config.thresholds)
+        self._sensor_keys: dict[str, bytes] = {}
+
+    @property
+    def open_windows(self) -> int:
+        """How many sensor windows are open (a gauge for the runtime)."""
+        return self._windows.open_windows
+
+    @property
+    def watermark(self) -> int:
+        """The partition's event-time watermark, epoch ms (very negative before any event)."""
+        return self._windows.watermark
+
+    def commit_floor(self) -> int | None:
+        """Smallest source offset an open window still needs, or None."""
+        return self._windows.commit_floor()
+
+    def process(self, records: Sequence[Any], now: float) -> BatchResult:
+        """Decode, window, alert and route ``records`` (in offset order) at wall time ``now``."""
+        # Hot path: once per event; locals only, no logging, no exceptions for control flow.
+        result = BatchResult()
+        valid = result.valid
+        append_valid = valid.append
+        closed: list[SensorWindow] = []
+        add_to_window = self._windows.add
+        evaluate = self._alerts.evaluate
+        replay_until = self.replay_until
+        config = self.config
+        dead_letter_late = config.dead_letter_late
+        ok = late = replayed = 0
+        for record in records:
+            reading = decode_reading(record.value)
+            if isinstance(reading, Rejection):
+                if record.offset < replay_until:
+                    replayed += 1
+                else:
+                    self._reject(record, reading, result)
+                continue
+            if record.offset < replay_until:
+                replayed += 1
+                add_to_window(reading, record.offset, now, closed)
+                evaluate(reading)
+                closed.clear()  # emitted before the restart
+                continue
+            if add_to_window(reading, record.offset, now, closed):
+                ok += 1
+                if closed:
+                    self._emit_aggregates(closed, result)
+            else:
+                late += 1
+                if dead_letter_late:
+                    self._dead_letter_late(record, reading, result)
+                    continue
+            alerts = evaluate(reading)
+            if alerts is not None:
+                self._emit_alerts(alerts, result)
+            append_valid((record, reading))
+        result.ok = ok
+        result.late = late
+        result.replayed = replayed
+        if valid:
+            event_times = [reading.event_time for _, reading in valid]
+            result.event_time_min = min(event_times)
+            result.event_time_max = max(event_times)
+        return result
+
+    def close_idle(self, now: float) -> BatchResult:
+        """Close and emit the windows idle for more than ``idle_timeout_s`` (wall clock)."""
+        result = BatchResult()
+        closed: list[SensorWindow] = []
+        self._windows.close_idle(now, closed)
+        if closed:
+            self._emit_aggregates(closed, result)
+        return result
+
+    def _sensor_key(self, sensor_id: str) -> bytes:
+        key = self._sensor_keys.get(sensor_id)
+        if key is None:
+            key = self._sensor_keys[sensor_id] = sensor_id.encode()
+        return key
+
+    def _emit_aggregates(self, closed: list[SensorWindow], result: BatchResult) -> None:
+        topic = self.config.aggregates_topic
+        append = result.outputs.append
+        for window in closed:
+            append(
+                OutputRecord(
+                    topic,
+                    self._sensor_key(window.sensor_id),
+                    encode_aggregate(window.to_aggregate()),
+                    [],
+                )
+            )
+        result.aggregates += len(closed)
+        closed.clear()
+
+    def _emit_alerts(self, alerts: list[Any], result: BatchResult) -> None:
+        topic = self.config.alerts_topic
+        for alert in alerts:
+            result.outputs.append(
+                OutputRecord(topic, self._sensor_key(alert.sensor_id), encode_alert(alert), [])
+            )
+            result.alerts[alert.kind] += 1
+        result.alerts_emitted += len(alerts)
+
+    def _reject(self, record: Any, rejection: Rejection, result: BatchResult) -> None:
+        reason = DeadLetterReason(rejection.reason)
+        result.invalid += 1
+        result.dead_letters[reason.value] += 1
+        result.outputs.append(
+            dead_letter(
+                record,
+                reason=reason,
+                error=rejection.message,
+                instance=self.config.instance,
+                dlq_topic=self.config.dlq_topic,
+            )
+        )
+
+    def _dead_letter_late(self, record: Any, reading: SensorReading, result: BatchResult) -> None:
+        size = self.config.window_size_ms
+        start = reading.event_time - reading.event_time % size
+        error = _LATE_MESSAGE.format(
+            event_time=reading.event_time,
+            start=start,
+            end=start + size,
+            watermark=self._windows.watermark,
+        )
+        result.dead_letters[DeadLetterReason.LATE_EVENT.value] += 1
+        result.outputs.append(
+            dead_letter(
+                record,
+                reason=DeadLetterReason.LATE_EVENT,
+                error=error,
+                instance=self.config.instance,
+                dlq_topic=self.config.dlq_topic,
+            )
+        )

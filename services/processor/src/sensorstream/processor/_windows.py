@@ -1,0 +1,255 @@
+"""Per-sensor tumbling windows on event time, for one partition.
+
+A reading with event time ``t`` belongs to the window ``[s, s + size)`` with
+``s = t - t % size``. The partition's watermark is the largest event time seen minus
+the allowed lateness; a window closes when the watermark reaches its end, or when it
+has seen no reading for ``idle_timeout_s`` seconds of wall-clock time (so a sensor
+that goes silent still gets its final window). A reading for a window that has
+already closed is late and is not counted anywhere.
+
+All windows of a partition share their boundaries, so open windows are grouped by
+end (``dict[end] -> dict[sensor_id] -> window``) and the ends kept in a heap: the
+watermark pops only the groups it passes, never scanning every window per event.
+
+This module is pure: no Kafka, no clock, no logging, no metrics.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from typing import Final
+
+from sensorstream.schema import SensorReading, WindowAggregate
+
+NO_WATERMARK: Final = -(1 << 63)
+"""The watermark before the first reading: every window end lies above it."""
+_NO_END: Final = 1 << 63
+"""``next_end`` while no window is open: no watermark reaches it."""
+
+
+class SensorWindow:
+    """The running statistics of one sensor in one window (mutable, hot)."""
+
+    __slots__ = (
+        "count",
+        "end",
+        "first_offset",
+        "first_seq",
+        "humidity_max",
+        "humidity_min",
+        "humidity_sum",
+        "last_seen",
+        "last_seq",
+        "sensor_id",
+        "start",
+        "temperature_max",
+        "temperature_min",
+        "temperature_sum",
+    )
+
+    def __init__(
+        self, reading: SensorReading, start: int, end: int, offset: int, now: float
+    ) -> None:
+        temperature = reading.temperature
+        humidity = reading.humidity
+        self.sensor_id = reading.sensor_id
+        self.start = start
+        self.end = end
+        self.count = 1
+        self.temperature_min = temperature
+        self.temperature_max = temperature
+        self.temperature_sum = temperature
+        self.humidity_min = humidity
+        self.humidity_max = humidity
+        self.humidity_sum = humidity
+        self.first_seq: int | None = reading.seq
+        self.last_seq: int | None = reading.seq
+        self.first_offset = offset
+        """The smallest source offset that contributed: replay must start here."""
+        self.last_seen = now
+        """Wall-clock time (``time.time()``) of the latest contribution, for idle closing."""
+
+    def add(self, reading: SensorReading, now: float) -> None:
+        """Fold one more reading in."""
+        # Hot path: attribute updates only.
+        self.count += 1
+        temperature = reading.temperature
+        if temperature < self.temperature_min:
+            self.temperature_min = temperature
+        elif temperature > self.temperature_max:
+            self.temperature_max = temperature
+        self.temperature_sum += temperature
+        humidity = reading.humidity
+        if humidity < self.humidity_min:
+            self.humidity_min = humidity
+        elif humidity > self.humidity_max:
+            self.humidity_max = humidity
+        self.humidity_sum += humidity
+        seq = reading.seq
+        if seq is not None:
+            first_seq = self.first_seq
+            if first_seq is None:
+                self.first_seq = self.last_seq = seq
+            elif seq > self.last_seq:  # type: ignore[operator]
+                self.last_seq = seq
+            elif seq < first_seq:
+                self.first_seq = seq
+        self.last_seen = now
+
+    def to_aggregate(self) -> WindowAggregate:
+        """The statistics as the value object written to the aggregates topic."""
+        count = self.count
+        return WindowAggregate(
+            sensor_id=self.sensor_id,
+            window_start=self.start,
+            window_end=self.end,
+            count=count,
+            temperature_min=self.temperature_min,
+            temperature_max=self.temperature_max,
+            temperature_mean=self.temperature_sum / count,
+            humidity_min=self.humidity_min,
+            humidity_max=self.humidity_max,
+            humidity_mean=self.humidity_sum / count,
+            first_seq=self.first_seq,
+            last_seq=self.last_seq,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"SensorWindow(sensor_id={self.sensor_id!r}, start={self.start}, end={self.end}, "
+            f"count={self.count}, first_offset={self.first_offset})"
+        )
+
+
+class TumblingWindows:
+    """The open windows of every sensor in one partition.
+
+    Owned by one ``PartitionPipeline``; not thread-safe and needs no lock, since a
+    partition is processed by exactly one task.
+    """
+
+    __slots__ = (
+        "_by_end",
+        "_ends",
+        "_idle_timeout_s",
+        "_lateness_ms",
+        "_open",
+        "_size_ms",
+        "max_event_time_offset",
+        "next_end",
+        "watermark",
+    )
+
+    def __init__(self, *, size_ms: int, allowed_lateness_ms: int, idle_timeout_s: float) -> None:
+        if size_ms <= 0:
+            raise ValueError(f"window size must be a positive number of ms, got {size_ms}")
+        if allowed_lateness_ms < 0:
+            raise ValueError(f"allowed lateness must be >= 0 ms, got {allowed_lateness_ms}")
+        if idle_timeout_s <= 0:
+            raise ValueError(f"idle timeout must be a positive number of s, got {idle_timeout_s}")
+        self._size_ms = size_ms
+        self._lateness_ms = allowed_lateness_ms
+        self._idle_timeout_s = idle_timeout_s
+        # A window closed early by the idle timeout stays in its group as None, so a
+        # straggler for it is recognised as late until the watermark drops the group.
+        self._by_end: dict[int, dict[str, SensorWindow | None]] = {}
+        self._ends: list[int] = []
+        self._open = 0
+        self.watermark: int = NO_WATERMARK
+        """Largest event time seen minus the allowed lateness (epoch ms)."""
+        self.next_end: int = _NO_END
+        """The earliest end among the open window groups."""
+        self.max_event_time_offset: int | None = None
+        """Source offset of the reading that set the watermark (see ``commit_floor``)."""
+
+    @property
+    def open_windows(self) -> int:
+        """How many sensor windows are open right now."""
+        return self._open
+
+    def add(
+        self, reading: SensorReading, offset: int, now: float, closed: list[SensorWindow]
+    ) -> bool:
+        """Put ``reading`` into its window; False if it is late (its window has closed).
+
+        Windows the advancing watermark closes are appended to ``closed``, oldest first.
+        """
+        # Hot path: once per valid event; dict lookups and attribute updates, no exceptions.
+        event_time = reading.event_time
+        size = self._size_ms
+        end = event_time - event_time % size + size
+        watermark = self.watermark
+        if end <= watermark:
+            return False
+        group = self._by_end.get(end)
+        if group is None:
+            group = self._by_end[end] = {}
+            heapq.heappush(self._ends, end)
+            if end < self.next_end:
+                self.next_end = end
+        sensor_id = reading.sensor_id
+        window = group.get(sensor_id)
+        if window is not None:
+            window.add(reading, now)
+        elif sensor_id in group:  # closed early by the idle timeout
+            return False
+        else:
+            group[sensor_id] = SensorWindow(reading, end - size, end, offset, now)
+            self._open += 1
+        if event_time - self._lateness_ms > watermark:
+            self.watermark = watermark = event_time - self._lateness_ms
+            self.max_event_time_offset = offset
+            if watermark >= self.next_end:
+                self._close_through(watermark, closed)
+        return True
+
+    def _close_through(self, watermark: int, closed: list[SensorWindow]) -> None:
+        """Close every window group whose end the watermark has reached."""
+        ends = self._ends
+        by_end = self._by_end
+        while ends and ends[0] <= watermark:
+            group = by_end.pop(heapq.heappop(ends))
+            for window in group.values():
+                if window is not None:
+                    closed.append(window)
+                    self._open -= 1
+        self.next_end = ends[0] if ends else _NO_END
+
+    def close_idle(self, now: float, closed: list[SensorWindow]) -> None:
+        """Close windows that have seen no reading for the idle timeout (one scan)."""
+        deadline = now - self._idle_timeout_s
+        for end in sorted(self._by_end):
+            group = self._by_end[end]
+            for sensor_id, window in group.items():
+                if window is not None and window.last_seen <= deadline:
+                    closed.append(window)
+                    group[sensor_id] = None
+                    self._open -= 1
+
+    def commit_floor(self) -> int | None:
+        """The smallest source offset a replay must start from, or None if none is needed.
+
+        That is the first offset of the oldest open window, but never past the reading
+        that set the watermark: a replay from here reaches the same watermark, so the
+        windows that closed before a restart close again during the replay (where their
+        output is suppressed) instead of being emitted a second time.
+        """
+        if self._open == 0:
+            return None
+        floor = self.max_event_time_offset
+        for group in self._by_end.values():
+            # Windows enter a group in offset order, so the first open one is the oldest.
+            for window in group.values():
+                if window is not None:
+                    if floor is None or window.first_offset < floor:
+                        floor = window.first_offset
+                    break
+        return floor
+
+    def __iter__(self) -> Iterator[SensorWindow]:
+        """The open windows, oldest group first (for tests and diagnostics)."""
+        for end in sorted(self._by_end):
+            for window in self._by_end[end].values():
+                if window is not None:
+                    yield window
