@@ -1,0 +1,394 @@
+"""The producer service: settings in, a paced stream of sensor readings out, exit code back.
+
+Start-up: logging, the observability server, the topic (created if missing), the Kafka
+producer (retried for ``startup_timeout``). Then one loop on one task: every tick it
+asks the pacer how many events are due, generates and encodes them in one call, and
+hands them to the sender in per-partition batches; there is never an await per event.
+A reporter task updates the rate gauges every second and logs a summary line every
+``summary_interval``. On a stop request it stops generating, waits up to
+``shutdown_timeout`` for what is in flight, logs the final summary and returns 0, or 1
+if events were left unacknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from sensorstream.runtime import (
+    EXIT_FATAL,
+    KafkaUnavailableError,
+    ObservabilityServer,
+    StopSignal,
+    client_options,
+    configure_logging,
+    connect_admin,
+    ensure_topic,
+)
+
+from ._metrics import ProducerMetrics
+from ._pacing import (
+    BurstProfile,
+    ConstantProfile,
+    PoissonProfile,
+    RatePacer,
+    RateProfile,
+    SineProfile,
+)
+from ._sender import BatchSender
+from ._simulation import SensorFleet
+from .settings import ProducerSettings
+
+__all__ = ["EXIT_OK", "ProducerService", "build_profile", "package_version", "run"]
+
+EXIT_OK = 0
+TICK_SECONDS = 0.005
+"""How often the loop wakes to emit what is due."""
+MAX_EVENTS_PER_TICK = 10_000
+"""Cap per tick so a big backlog is worked off in steps, each yielding to the loop."""
+MAX_RATE_BATCH = 5_000
+"""Events generated per step with ``--rate max``."""
+
+log = structlog.get_logger("sensorstream.producer")
+
+
+def package_version() -> str:
+    try:
+        return version("sensorstream-producer")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+        return "0.0.0"
+
+
+def build_profile(settings: ProducerSettings, rate: float) -> RateProfile:
+    """The rate profile the settings describe, around ``rate`` events per second."""
+    if settings.rate_profile == "poisson":
+        return PoissonProfile(rate, seed=settings.seed)
+    if settings.rate_profile == "sine":
+        return SineProfile(rate, period=settings.sine_period, amplitude=settings.sine_amplitude)
+    if settings.rate_profile == "burst":
+        return BurstProfile(
+            rate,
+            every=settings.burst_every,
+            multiplier=settings.burst_multiplier,
+            duration=settings.burst_duration,
+        )
+    return ConstantProfile(rate)
+
+
+class ProducerService:
+    """One run of the producer; :meth:`run` returns the exit status."""
+
+    def __init__(
+        self,
+        settings: ProducerSettings,
+        stop: StopSignal,
+        *,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.registry = registry
+        self.metrics = ProducerMetrics(registry, version=package_version())
+        self.fleet = SensorFleet(
+            settings.sensors, seed=settings.seed, anomaly_probability=settings.anomaly_probability
+        )
+        rate = settings.rate_per_second
+        self.pacer: RatePacer | None = None
+        if rate is not None:
+            self.pacer = RatePacer(
+                build_profile(settings, rate),
+                clock=time.monotonic,
+                count=settings.count,
+                duration=settings.duration,
+            )
+        self.sender: BatchSender | None = None
+        self.server: ObservabilityServer | None = None
+        self._producer: Any = None
+        self._stopping = False
+        self._failures_logged = 0
+
+    # ------------------------------------------------------------------ readiness
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready while the producer is started, not stopping, and acks keep coming."""
+        sender = self.sender
+        if sender is None or self._stopping:
+            return False, {"reason": "stopping" if self._stopping else "starting"}
+        counts = sender.counts
+        details = {"sent": counts.sent, "acked": counts.acked, "in_flight": counts.in_flight}
+        if counts.in_flight == 0:
+            return True, details
+        rate = self.settings.rate_per_second
+        window = max(10.0, 3.0 / rate) if rate else 10.0
+        last = sender.last_ack_at
+        since = time.monotonic() - (last if last is not None else self._started_at)
+        if since <= window:
+            return True, details
+        return False, {**details, "reason": f"no acknowledgement for {since:.1f}s"}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        settings = self.settings
+        self.server = ObservabilityServer(
+            host=settings.metrics_host,
+            port=settings.metrics_port,
+            readiness=self.readiness,
+            registry=self.registry,
+        )
+        await self.server.start()
+        log.info(
+            "producer_starting",
+            metrics_port=self.server.bound_port,
+            settings=settings.public_dict(),
+        )
+        self._started_at = time.monotonic()
+        try:
+            partitions = await self._prepare_topic()
+            if self.stop.is_set():
+                return EXIT_OK
+            self._producer = await self._start_producer()
+            self.sender = BatchSender(
+                self._producer,
+                settings.topic,
+                partitions=partitions,
+                max_in_flight_batches=settings.max_in_flight_batches,
+                metrics=self.metrics,
+                on_failure=self._batch_failed,
+            )
+            self.metrics.up.set(1)
+            return await self._produce_and_drain()
+        finally:
+            self.metrics.up.set(0)
+            await self.server.stop()
+
+    async def _prepare_topic(self) -> int:
+        settings = self.settings
+        admin = await connect_admin(settings)
+        try:
+            layout = await ensure_topic(
+                admin,
+                settings.topic,
+                partitions=settings.partitions,
+                replication_factor=settings.replication_factor,
+            )
+        finally:
+            await admin.close()
+        if layout.created:
+            log.info(
+                "topic_created",
+                topic=layout.name,
+                partitions=layout.partitions,
+                replication_factor=layout.replication_factor,
+            )
+        elif layout.partitions < settings.partitions:
+            log.warning(
+                "topic_has_fewer_partitions",
+                topic=layout.name,
+                partitions=layout.partitions,
+                asked=settings.partitions,
+                hint="the topic already existed and is never altered; add partitions with "
+                "kafka-topics --alter, or lower --partitions",
+            )
+        return layout.partitions
+
+    async def _start_producer(self) -> Any:
+        settings = self.settings
+        deadline = self._started_at + settings.startup_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            producer = AIOKafkaProducer(
+                **client_options(settings),
+                acks=settings.kafka_acks(),
+                enable_idempotence=settings.idempotence,
+                linger_ms=settings.linger_ms,
+                max_batch_size=settings.batch_size,
+                compression_type=settings.kafka_compression(),
+            )
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as exc:
+                await producer.stop()
+                remaining = deadline - time.monotonic()
+                log.warning("producer_start_failed", attempt=attempt, error=str(exc))
+                if remaining <= 0:
+                    raise KafkaUnavailableError(
+                        f"cannot start the Kafka producer at {settings.bootstrap_servers} after "
+                        f"{attempt} attempts (last error: {exc}); check the broker and "
+                        "--bootstrap-servers / SENSORSTREAM_BOOTSTRAP_SERVERS"
+                    ) from exc
+                await asyncio.sleep(min(1.0, remaining))
+            else:
+                log.info("producer_started", topic=settings.topic, attempt=attempt)
+                return producer
+
+    async def _produce_and_drain(self) -> int:
+        reporter = asyncio.create_task(self._report())
+        try:
+            if self.pacer is None:
+                await self._produce_max()
+            else:
+                await self._produce_paced(self.pacer)
+        finally:
+            self._stopping = True
+            reporter.cancel()
+        return await self._drain()
+
+    async def _produce_paced(self, pacer: RatePacer) -> None:
+        # One task, one loop: wake every tick, emit what is due in one batch.
+        fleet = self.fleet
+        sender = self.sender
+        assert sender is not None
+        stop = self.stop
+        monotonic = time.monotonic
+        wall_ms = time.time_ns
+        pacer.start()
+        next_tick = pacer.started_at
+        while not stop.is_set() and not pacer.finished:
+            due = pacer.due(monotonic(), limit=MAX_EVENTS_PER_TICK)
+            if due:
+                now_ms = wall_ms() // 1_000_000
+                await sender.send(fleet.generate(due, now_ms), now_ms)
+            next_tick += TICK_SECONDS
+            delay = next_tick - monotonic()
+            if delay > 0:
+                await self._sleep_or_stop(delay)
+            else:
+                next_tick = monotonic()
+                await asyncio.sleep(0)
+
+    async def _produce_max(self) -> None:
+        settings = self.settings
+        fleet = self.fleet
+        sender = self.sender
+        assert sender is not None
+        stop = self.stop
+        wall_ms = time.time_ns
+        end = None if settings.duration is None else time.monotonic() + settings.duration
+        remaining = settings.count
+        while not stop.is_set():
+            step = MAX_RATE_BATCH if remaining is None else min(MAX_RATE_BATCH, remaining)
+            if step <= 0 or (end is not None and time.monotonic() >= end):
+                break
+            now_ms = wall_ms() // 1_000_000
+            await sender.send(fleet.generate(step, now_ms), now_ms)
+            if remaining is not None:
+                remaining -= step
+            await asyncio.sleep(0)
+
+    async def _sleep_or_stop(self, delay: float) -> None:
+        # A plain sleep: waking on the stop event would cost a task per tick.
+        await asyncio.sleep(delay)
+
+    async def _drain(self) -> int:
+        sender = self.sender
+        assert sender is not None
+        timeout = self.settings.shutdown_timeout
+        started = time.monotonic()
+        log.info("producer_draining", in_flight=sender.counts.in_flight, timeout=timeout)
+        flushed = await sender.flush(timeout)
+        remaining = max(0.1, timeout - (time.monotonic() - started))
+        try:
+            await asyncio.wait_for(self._producer.stop(), remaining)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.warning("producer_close_failed", error=str(exc) or type(exc).__name__)
+        counts = sender.counts
+        self.metrics.events_in_flight.set(counts.in_flight)
+        summary = {
+            "sent": counts.sent,
+            "acked": counts.acked,
+            "failed": counts.failed,
+            "unacknowledged": counts.in_flight,
+            "failed_by_kind": dict(counts.failed_by_kind),
+            "seconds": round(time.monotonic() - self._started_at, 3),
+        }
+        if flushed and counts.failed == 0:
+            log.info("producer_stopped", **summary)
+            return EXIT_OK
+        log.error(
+            "producer_stopped_with_losses",
+            **summary,
+            message=f"{counts.in_flight + counts.failed} events were not acknowledged "
+            f"({counts.in_flight} still in flight after {timeout:g}s, {counts.failed} failed)",
+        )
+        return EXIT_FATAL
+
+    # ------------------------------------------------------------------ reporting
+
+    def _batch_failed(self, exc: BaseException, events: int) -> None:
+        # Log the first few failures in full; the summary line carries the counts after that.
+        self._failures_logged += 1
+        if self._failures_logged <= 5:
+            log.error(
+                "batch_failed",
+                events=events,
+                error=str(exc) or type(exc).__name__,
+                kind=type(exc).__name__,
+            )
+
+    async def _report(self) -> None:
+        sender = self.sender
+        pacer = self.pacer
+        assert sender is not None
+        metrics = self.metrics
+        interval = self.settings.summary_interval
+        last_acked = 0
+        last_at = time.monotonic()
+        summary_acked = 0
+        summary_failed = 0
+        summary_at = last_at
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            counts = sender.counts
+            metrics.achieved_rate.set((counts.acked - last_acked) / (now - last_at))
+            last_acked, last_at = counts.acked, now
+            behind = 0.0
+            if pacer is not None:
+                behind = pacer.behind_seconds(now)
+                metrics.target_rate.set(pacer.profile.rate_at(pacer.elapsed(now)))
+            metrics.behind_schedule.set(behind)
+            metrics.events_in_flight.set(counts.in_flight)
+            if now - summary_at >= interval:
+                p99 = sender.latency.take_p99()
+                log.info(
+                    "producer_summary",
+                    rate=round((counts.acked - summary_acked) / (now - summary_at), 1),
+                    sent=counts.sent,
+                    acked=counts.acked,
+                    failed=counts.failed,
+                    errors=counts.failed - summary_failed,
+                    in_flight=counts.in_flight,
+                    behind_schedule_s=round(behind, 3),
+                    p99_latency_ms=None if p99 is None else round(p99 * 1000, 1),
+                )
+                if behind > 1.0:
+                    log.warning(
+                        "producer_behind_schedule",
+                        behind_schedule_s=round(behind, 3),
+                        hint="the machine or broker cannot carry --rate; lower it or add "
+                        "partitions/instances",
+                    )
+                summary_acked, summary_failed, summary_at = counts.acked, counts.failed, now
+
+
+async def run(
+    settings: ProducerSettings, stop: StopSignal, *, registry: CollectorRegistry = REGISTRY
+) -> int:
+    """Configure logging and run one producer until done or stopped; return the exit status."""
+    configure_logging(
+        service=settings.service_name,
+        version=package_version(),
+        instance=settings.instance_id,
+        fmt=settings.resolved_log_format(),
+        level=settings.log_level,
+    )
+    return await ProducerService(settings, stop, registry=registry).run()
