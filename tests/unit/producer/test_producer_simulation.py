@@ -1,0 +1,145 @@
+"""The simulated fleet: valid, reproducible readings with complete per-sensor sequences."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections import defaultdict
+
+import orjson
+import pytest
+
+from sensorstream.producer._simulation import SensorFleet, event_id_from_bits, sensor_ids
+from sensorstream.schema import SensorReading, decode_reading
+
+T0 = 1_700_000_000_000
+
+
+def _decoded(fleet: SensorFleet, count: int, event_time: int = T0) -> list[SensorReading]:
+    readings = []
+    for key, value in fleet.generate(count, event_time):
+        reading = decode_reading(value)
+        assert isinstance(reading, SensorReading), reading
+        assert key == reading.sensor_id.encode()
+        readings.append(reading)
+    return readings
+
+
+class TestSensorFleetDeterminism:
+    def test_same_seed_same_bytes(self) -> None:
+        """Two fleets with one seed produce byte-identical batches."""
+        first = SensorFleet(50, seed=42, anomaly_probability=0.05)
+        second = SensorFleet(50, seed=42, anomaly_probability=0.05)
+        assert first.generate(1_000, T0) == second.generate(1_000, T0)
+        assert first.generate(500, T0 + 10) == second.generate(500, T0 + 10)
+
+    def test_other_seed_other_readings(self) -> None:
+        """A different seed gives different ids and values."""
+        first = SensorFleet(5, seed=1).generate(10, T0)
+        second = SensorFleet(5, seed=2).generate(10, T0)
+        assert first != second
+
+    def test_batching_does_not_change_the_stream(self) -> None:
+        """One call of 300 equals three calls of 100 (same event time)."""
+        whole = SensorFleet(7, seed=9).generate(300, T0)
+        fleet = SensorFleet(7, seed=9)
+        parts = fleet.generate(100, T0) + fleet.generate(100, T0) + fleet.generate(100, T0)
+        assert whole == parts
+
+
+class TestSensorFleetSequences:
+    def test_seq_starts_at_zero_and_is_complete(self) -> None:
+        """Every sensor's seq runs 0, 1, 2, ... without gaps, in order."""
+        fleet = SensorFleet(13, seed=3)
+        by_sensor: dict[str, list[int]] = defaultdict(list)
+        for reading in _decoded(fleet, 1_000) + _decoded(fleet, 301):
+            assert reading.seq is not None
+            by_sensor[reading.sensor_id].append(reading.seq)
+        assert set(sensor_ids(13)) == set(by_sensor)
+        for seqs in by_sensor.values():
+            assert list(range(len(seqs))) == seqs
+
+    def test_round_robin_shares_evenly(self) -> None:
+        """Each sensor gets its share: counts differ by at most one."""
+        fleet = SensorFleet(7, seed=3)
+        _decoded(fleet, 1_000)
+        assert {142, 143} == {fleet.next_seq(i) for i in range(7)}
+
+    def test_event_ids_unique(self) -> None:
+        """50,000 readings carry 50,000 distinct version-4 UUIDs."""
+        readings = _decoded(SensorFleet(100, seed=0), 50_000)
+        ids = {r.event_id for r in readings}
+        assert 50_000 == len(ids)
+        assert {4} == {uuid.UUID(i).version for i in list(ids)[:100]}
+
+    def test_event_time_is_passed_through(self) -> None:
+        """Readings carry the event time given to ``generate``."""
+        assert {T0 + 5} == {r.event_time for r in _decoded(SensorFleet(3, seed=1), 9, T0 + 5)}
+
+
+class TestSensorFleetSignal:
+    def test_values_within_contract_ranges(self) -> None:
+        """Even with many anomalies every reading decodes (values in range)."""
+        readings = _decoded(SensorFleet(20, seed=5, anomaly_probability=0.5), 20_000)
+        assert 20_000 == len(readings)
+
+    def test_signal_drifts_slowly(self) -> None:
+        """Without anomalies, consecutive readings of a sensor differ by well under 1 degree."""
+        fleet = SensorFleet(1, seed=8)
+        temps = [r.temperature for r in _decoded(fleet, 2_000)]
+        steps = [abs(b - a) for a, b in itertools.pairwise(temps)]
+        assert max(steps) < 1.0
+        assert len(set(temps)) > 50
+
+    def test_sensors_have_different_baselines(self) -> None:
+        """Sensors are not copies of each other."""
+        readings = _decoded(SensorFleet(50, seed=8), 50)
+        assert len({round(r.temperature) for r in readings}) > 5
+
+    def test_anomalies_cross_alert_thresholds(self) -> None:
+        """At probability 0.2 some readings leave the normal band (> 45 C, < 10 %, ...)."""
+        readings = _decoded(SensorFleet(10, seed=4, anomaly_probability=0.2), 5_000)
+        spikes = [
+            r
+            for r in readings
+            if r.temperature > 45 or r.temperature < -10 or r.humidity > 90 or r.humidity < 10
+        ]
+        assert 700 < len(spikes) < 1_300
+
+    def test_no_anomalies_at_zero_probability(self) -> None:
+        """With probability 0 every reading stays in the normal band."""
+        readings = _decoded(SensorFleet(10, seed=4, anomaly_probability=0.0), 5_000)
+        assert all(-10 < r.temperature < 45 and 10 < r.humidity < 90 for r in readings)
+
+    def test_large_fleet(self) -> None:
+        """100,000 sensors are cheap to create and each gets its own id."""
+        fleet = SensorFleet(100_000, seed=1)
+        keys = [key for key, _ in fleet.generate(100_000, T0)]
+        assert 100_000 == len(set(keys))
+        assert b"sensor-99999" == keys[-1]
+
+
+class TestHelpers:
+    def test_event_id_from_bits(self) -> None:
+        """128 bits become a canonical v4 UUID string with the version and variant bits set."""
+        text = event_id_from_bits(0)
+        assert "00000000-0000-4000-8000-000000000000" == text
+        assert str(uuid.UUID(text)) == text
+
+    def test_sensor_ids_pad_to_common_width(self) -> None:
+        """Ids sort in sensor order: padded to 4 digits, or more for large fleets."""
+        assert ["sensor-0000", "sensor-0001"] == sensor_ids(2)
+        assert "sensor-12345" == sensor_ids(12_346)[-1]
+
+    def test_wire_keys(self) -> None:
+        """The JSON has exactly the v1 keys."""
+        _, value = SensorFleet(1, seed=1).generate(1, T0)[0]
+        expected = ["schema_version", "event_id", "sensor_id", "seq", "event_time",
+                    "temperature", "humidity"]  # fmt: skip
+        assert expected == list(orjson.loads(value))
+
+    @pytest.mark.parametrize(("sensors", "probability"), [(0, 0.0), (1, 1.5)])
+    def test_bad_arguments(self, sensors: int, probability: float) -> None:
+        """Nonsense sizes and probabilities are refused."""
+        with pytest.raises(ValueError, match="must be"):
+            SensorFleet(sensors, anomaly_probability=probability)
