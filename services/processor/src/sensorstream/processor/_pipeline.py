@@ -29,7 +29,6 @@ from sensorstream.schema import (
     Rejection,
     SensorReading,
     decode_reading,
-    encode_aggregate,
     encode_alert,
 )
 
@@ -200,19 +199,20 @@ class PartitionPipeline:
         ok = late = replayed = 0
         for record in records:
             reading = decode_reading(record.value)
+            offset = record.offset
             if isinstance(reading, Rejection):
-                if record.offset < replay_until:
+                if offset < replay_until:
                     replayed += 1
                 else:
                     self._reject(record, reading, result)
                 continue
-            if record.offset < replay_until:
+            if offset < replay_until:
                 replayed += 1
-                add_to_window(reading, record.offset, now, closed)
+                add_to_window(reading, offset, now, closed)
                 evaluate(reading)
                 closed.clear()  # emitted before the restart
                 continue
-            if add_to_window(reading, record.offset, now, closed):
+            if add_to_window(reading, offset, now, closed):
                 ok += 1
                 if closed:
                     self._emit_aggregates(closed, result)
@@ -257,7 +257,7 @@ class PartitionPipeline:
                 OutputRecord(
                     topic,
                     self._sensor_key(window.sensor_id),
-                    encode_aggregate(window.to_aggregate()),
+                    window.encode(),
                     [],
                 )
             )
