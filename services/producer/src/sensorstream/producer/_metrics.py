@@ -32,6 +32,8 @@ METRIC_NAMES = (
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+# Exported at 0 from the start, so dashboards see the series before the first error.
+_COMMON_ERROR_KINDS = ("KafkaTimeoutError", "RequestTimedOutError", "KafkaConnectionError", "other")
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
@@ -55,6 +57,8 @@ class ProducerMetrics:
             registry=registry,
         )
         self._error_children: dict[str, Counter] = {}
+        for kind in _COMMON_ERROR_KINDS:
+            self.send_errors(kind)
         self.send_latency = Histogram(
             name("send_latency_seconds"),
             "Seconds from enqueueing a batch to its acknowledgement.",
