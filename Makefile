@@ -47,8 +47,31 @@ kafka-status:
 kafka-logs:
 	$(KAFKACTL) logs
 
-# ---- run: the local stack (producer + processor against the local broker) ----------
-# Added by the local-stack issue.
+# ---- run: the local stack, images, compose (deploy issue; owned by deploy) -------------
+# `make run` (PROCESSORS=3 make run): Kafka, topics, Prometheus, producer and processors
+# with a live view; Ctrl-C stops everything. `make run-stop` cleans up after a lost terminal.
+PROCESSORS ?= 2
+RUN_ARGS ?=
+# docker when its daemon answers, else podman (no daemon needed), else docker for the error.
+CONTAINER ?= $(shell docker info >/dev/null 2>&1 && echo docker || { command -v podman >/dev/null && echo podman; } || echo docker)
+IMAGE_TAG ?= latest
+BUILD_FORMAT := $(if $(findstring podman,$(CONTAINER)),--format docker,)
+
+.PHONY: run run-stop images compose-config
+
 run:
-	@echo "make run: not there yet" >&2; exit 1
+	uv sync --locked
+	uv run python deploy/local/stack.py --processors $(PROCESSORS) $(RUN_ARGS)
+
+run-stop:
+	uv run python deploy/local/stack.py stop
+
+# podman needs --format docker, or its OCI images silently lose HEALTHCHECK.
+images:
+	$(CONTAINER) build $(BUILD_FORMAT) -f services/producer/Dockerfile -t sensorstream-producer:$(IMAGE_TAG) .
+	$(CONTAINER) build $(BUILD_FORMAT) -f services/processor/Dockerfile -t sensorstream-processor:$(IMAGE_TAG) .
+	$(CONTAINER) build $(BUILD_FORMAT) -f deploy/compose/kafka/Dockerfile -t localhost/sensorstream-kafka:4.1.1 .
+
+compose-config:
+	docker-compose -f docker-compose.yml config -q
 # ---- end run ---------------------------------------------------------------------------
