@@ -220,6 +220,14 @@ class TestDecodeReading:
 
         assert RejectReason.TOO_DEEP == decode_reading(b"{}").reason  # type: ignore[union-attr]
 
+    def test_decoded_reading_is_a_true_frozen_sensor_reading(self) -> None:
+        """The fast path's cheap construction yields the real, immutable class."""
+        result = decode_reading(encode_reading(READING))
+
+        assert SensorReading is type(result)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            result.seq = 0  # type: ignore[misc]
+
     def test_event_ids_are_canonical_uuids(self) -> None:
         """A decoded event_id parses as a UUID and prints back identically."""
         result = decode_reading(valid_payload())
