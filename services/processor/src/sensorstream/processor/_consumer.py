@@ -203,7 +203,7 @@ class ProcessorConsumer:
                 log.warning(
                     "commit_failed",
                     partitions=sorted(tp.partition for tp in offsets),
-                    offsets={tp.partition: offset for tp, (offset, _) in offsets.items()},
+                    offsets={str(tp.partition): offset for tp, (offset, _) in offsets.items()},
                     error=f"{type(exc).__name__}: {exc}",
                 )
                 return False
@@ -211,7 +211,7 @@ class ProcessorConsumer:
             self._metrics.commits_ok.inc()
         for worker, commit in pending.values():
             worker.committed = commit
-        log.debug("offsets_committed", offsets={tp.partition: o for tp, (o, _) in offsets.items()})
+        log.debug("offsets_committed", offsets={str(tp.partition): o for tp, (o, _) in offsets.items()})
         return True
 
     # -- rebalancing ----------------------------------------------------------------
@@ -299,7 +299,7 @@ class ProcessorConsumer:
         log.info(
             "partitions_assigned",
             partitions=sorted(tp.partition for tp in self.workers),
-            resumed_from={tp.partition: committed.get(tp, (-1, -1))[0] for tp in new},
+            resumed_from={str(tp.partition): committed.get(tp, (-1, -1))[0] for tp in new},
         )
 
     def _require_producer(self) -> OutputProducer:

@@ -1,0 +1,266 @@
+"""Helpers for the processor's reliability tests: input, subprocesses, output checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from kafka_helpers import consume_all, create_topic, new_topic_name
+
+from sensorstream.schema import SensorReading, WindowAggregate, decode_aggregate, encode_reading
+
+HERE = Path(__file__).resolve().parent
+BIG = str(4 * 1024 * 1024)
+
+
+@dataclass
+class Topics:
+    """One test's private topics and group."""
+
+    input: str
+    aggregates: str
+    alerts: str
+    dlq: str
+    group: str
+
+    @classmethod
+    def fresh(cls, prefix: str) -> Topics:
+        return cls(
+            input=new_topic_name(f"{prefix}-in"),
+            aggregates=new_topic_name(f"{prefix}-agg"),
+            alerts=new_topic_name(f"{prefix}-alerts"),
+            dlq=new_topic_name(f"{prefix}-dlq"),
+            group=new_topic_name(f"{prefix}-group"),
+        )
+
+
+async def make_input(bootstrap: str, topics: Topics, partitions: int = 6) -> None:
+    await create_topic(bootstrap, topics.input, partitions, config={"max.message.bytes": BIG})
+
+
+def reading(sensor: int, seq: int, base_ms: int, step_ms: int) -> SensorReading:
+    return SensorReading(
+        schema_version=1,
+        event_id=str(uuid.uuid4()),
+        sensor_id=f"sensor-{sensor:04d}",
+        seq=seq,
+        event_time=base_ms + seq * step_ms,
+        temperature=20.0 + (seq % 7),
+        humidity=50.0 + (seq % 11),
+    )
+
+
+async def produce_readings(
+    bootstrap: str,
+    topic: str,
+    *,
+    sensors: int,
+    per_sensor: int,
+    rate: float,
+    step_ms: int = 20,
+) -> int:
+    """Produce ``per_sensor`` readings for each sensor, round robin, at about ``rate`` ev/s."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        base_ms = int(time.time() * 1000)
+        chunk = max(1, int(rate / 20))
+        started = time.monotonic()
+        sent = 0
+        futures = []
+        for seq in range(per_sensor):
+            for sensor in range(sensors):
+                r = reading(sensor, seq, base_ms, step_ms)
+                futures.append(
+                    await producer.send(topic, encode_reading(r), key=r.sensor_id.encode())
+                )
+                sent += 1
+                if sent % chunk == 0:
+                    await asyncio.gather(*futures)
+                    futures.clear()
+                    ahead = sent / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+        await asyncio.gather(*futures)
+        return sent
+    finally:
+        await producer.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Processor:
+    """A ``sensorstream-processor`` subprocess."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=2) as resp:  # noqa: S310
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metric(self, name: str) -> float:
+        """Sum of every sample of ``name`` in /metrics."""
+        _, body = self.get("/metrics")
+        total = 0.0
+        for line in body.splitlines():
+            if line.startswith(name) and (line[len(name)] in " {"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"processor exited {self.proc.returncode}: {self.logs()}")
+            try:
+                status, _ = await asyncio.to_thread(self.get, "/readyz")
+            except OSError:
+                status = 0
+            if status == 200:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"processor not ready after {timeout}s: {self.logs()[-3000:]}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    async def terminate(self, timeout: float = 20.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_processor(
+    bootstrap: str, topics: Topics, tmp_path: Path, *extra: str, **env: str
+) -> Processor:
+    port = free_port()
+    log_path = tmp_path / f"processor-{uuid.uuid4().hex[:6]}.log"
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "SENSORSTREAM_BOOTSTRAP_SERVERS": bootstrap,
+        "SENSORSTREAM_TOPIC": topics.input,
+        "SENSORSTREAM_GROUP_ID": topics.group,
+        "SENSORSTREAM_AGGREGATES_TOPIC": topics.aggregates,
+        "SENSORSTREAM_ALERTS_TOPIC": topics.alerts,
+        "SENSORSTREAM_DLQ_TOPIC": topics.dlq,
+        "SENSORSTREAM_METRICS_PORT": str(port),
+        "SENSORSTREAM_LOG_FORMAT": "json",
+        "SENSORSTREAM_WINDOW_SIZE": "1",
+        "SENSORSTREAM_ALLOWED_LATENESS": "0.5",
+        "SENSORSTREAM_IDLE_TIMEOUT": "2",
+        "SENSORSTREAM_COMMIT_INTERVAL": "0.5",
+        "SENSORSTREAM_OUTPUT_PARTITIONS": "3",
+        "SENSORSTREAM_SESSION_TIMEOUT": "6",
+        "SENSORSTREAM_HEARTBEAT_INTERVAL": "1",
+        **env,
+    }
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sensorstream.processor", *extra],
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    return Processor(proc=proc, port=port, log_path=log_path, env=full_env)
+
+
+def stop_all(processors: Iterable[Processor]) -> None:
+    for p in processors:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait(10)
+
+
+async def read_aggregates(
+    bootstrap: str, topic: str, *, isolation_level: str = "read_uncommitted"
+) -> list[WindowAggregate]:
+    records = await consume_all(bootstrap, topic, isolation_level=isolation_level, timeout=20)
+    return [decode_aggregate(r.value) for r in records if r.value is not None]
+
+
+def deduplicated(aggregates: Iterable[WindowAggregate]) -> dict[str, list[WindowAggregate]]:
+    """Per sensor, one aggregate per window (the largest count), by window start."""
+    best: dict[tuple[str, int], WindowAggregate] = {}
+    for agg in aggregates:
+        key = (agg.sensor_id, agg.window_start)
+        if key not in best or agg.count > best[key].count:
+            best[key] = agg
+    per_sensor: dict[str, list[WindowAggregate]] = defaultdict(list)
+    for (sensor, _), agg in sorted(best.items()):
+        per_sensor[sensor].append(agg)
+    return dict(per_sensor)
+
+
+def counts(per_sensor: dict[str, list[WindowAggregate]]) -> dict[str, int]:
+    return {sensor: sum(a.count for a in aggs) for sensor, aggs in per_sensor.items()}
+
+
+def seq_gaps(aggs: list[WindowAggregate], per_sensor: int) -> list[str]:
+    """Problems with the seq coverage of one sensor's windows (empty when 0..N-1 contiguous)."""
+    problems = []
+    expected = 0
+    for agg in aggs:
+        if agg.first_seq != expected:
+            problems.append(f"window {agg.window_start} starts at seq {agg.first_seq}, not {expected}")
+        if agg.last_seq is None or agg.first_seq is None or agg.last_seq < agg.first_seq:
+            problems.append(f"window {agg.window_start} has seq range {agg.first_seq}..{agg.last_seq}")
+            continue
+        if agg.count != agg.last_seq - agg.first_seq + 1:
+            problems.append(f"window {agg.window_start} count {agg.count} != seq span")
+        expected = agg.last_seq + 1
+    if expected != per_sensor:
+        problems.append(f"seqs end at {expected - 1}, not {per_sensor - 1}")
+    return problems
+
+
+async def wait_for_aggregates(
+    bootstrap: str,
+    topic: str,
+    expected_total: int,
+    *,
+    timeout: float = 40.0,
+    isolation_level: str = "read_uncommitted",
+) -> list[WindowAggregate]:
+    """Poll ``topic`` until deduplicated counts add up to ``expected_total`` (or time out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        aggregates = await read_aggregates(bootstrap, topic, isolation_level=isolation_level)
+        total = sum(counts(deduplicated(aggregates)).values())
+        if total >= expected_total or time.monotonic() > deadline:
+            return aggregates
+        await asyncio.sleep(1.0)
