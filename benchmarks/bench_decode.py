@@ -84,11 +84,11 @@ def ours(event: bytes) -> object:
     return decode_reading(event)
 
 
-def orjson_pydantic(event: bytes) -> object:
+def orjson_pydantic(event: bytes) -> PydanticReading:
     return PydanticReading.model_validate(orjson.loads(event))
 
 
-def pydantic_json(event: bytes) -> object:
+def pydantic_json(event: bytes) -> PydanticReading:
     return PydanticReading.model_validate_json(event)
 
 

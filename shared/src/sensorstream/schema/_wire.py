@@ -1,7 +1,8 @@
 """From a Kafka value to a JSON object, or a Rejection saying why not.
 
-This is the first step of every decoder. It never raises for any input: the cost
-of a bad event must be one Rejection, never a crashed partition worker.
+This is the first step of every decoder. Every bad payload becomes a Rejection, so
+the cost of a bad event is one dead-letter record, never a crashed partition worker;
+only interpreter limits (MemoryError) can escape, and the decoders catch those.
 """
 
 from __future__ import annotations
