@@ -6,8 +6,14 @@ decoders and the exception tree. ``decode_reading`` is on the per-event hot path
 
 The JSON Schema ``shared/schema/sensor-reading.v1.schema.json`` documents the input
 topic for other languages; a unit test keeps it equal to the constants here.
-Legacy v0 payloads (the kafka-python tutorial format) are upgraded on decode; see
-``SensorReading.schema_version``.
+Unknown extra keys in an event are ignored (forward compatibility).
+
+Legacy v0 payloads, the kafka-python tutorial simulator's format
+``{"sensor_id": 7, "temperature": 22.5, "humidity": 40.1, "timestamp": 1700000000}``
+(no ``schema_version``, integer sensor id, integer epoch *seconds*), are upgraded on
+decode: ``sensor_id`` "sensor-0007", ``event_time`` = timestamp * 1000, ``seq`` None,
+``event_id`` a uuid5 of the raw bytes (a replay keeps its id), ``schema_version`` 0.
+Such readings have no v1 wire form: ``encode_reading`` refuses them.
 """
 
 from ._constants import (
