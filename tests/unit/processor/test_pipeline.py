@@ -1,0 +1,406 @@
+"""PartitionPipeline: decode -> window -> alert -> route, dead letters and replay."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from sensorstream.processor._pipeline import (
+    AlertThresholds,
+    BatchResult,
+    OutputRecord,
+    PartitionPipeline,
+    PipelineConfig,
+    dead_letter,
+)
+from sensorstream.schema import (
+    AGGREGATES_TOPIC,
+    ALERTS_TOPIC,
+    DLQ_TOPIC,
+    DeadLetterHeaders,
+    DeadLetterReason,
+    decode_aggregate,
+    decode_alert,
+)
+from sensorstream.schema.testing import malformed_corpus, valid_payload
+
+TOPIC = "sensor-data"
+T0 = 1_700_000_000_000
+"""A window boundary for 10 s windows."""
+
+
+@dataclass
+class Record:
+    """A stand-in for aiokafka's ConsumerRecord: only what the pipeline reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class Feed:
+    """Numbers records of one partition in offset order."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def record(
+        self,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Record:
+        record = Record(TOPIC, 3, self.offset, T0 + self.offset, key, value, headers or [])
+        self.offset += 1
+        return record
+
+    def reading(
+        self,
+        event_time: int,
+        *,
+        sensor_id: str = "sensor-0001",
+        seq: int = 0,
+        temperature: float = 20.0,
+        humidity: float = 50.0,
+    ) -> Record:
+        value = valid_payload(
+            event_id=f"00000000-0000-4000-8000-{self.offset:012d}",
+            sensor_id=sensor_id,
+            seq=seq,
+            event_time=event_time,
+            temperature=temperature,
+            humidity=humidity,
+        )
+        return self.record(value, key=sensor_id.encode())
+
+
+def pipeline(*, replay_until: int = -1, **config: Any) -> PartitionPipeline:
+    """A pipeline for partition 3 of the input topic; ``config`` overrides PipelineConfig."""
+    config = {"instance": "test-instance", **config}
+    return PartitionPipeline(TOPIC, 3, PipelineConfig(**config), replay_until=replay_until)
+
+
+def topics(result: BatchResult) -> list[str]:
+    return [output.topic for output in result.outputs]
+
+
+class TestValidEvents:
+    def test_valid_events_go_to_the_handler_in_offset_order(self) -> None:
+        """result.valid pairs each record with its decoded reading, in order."""
+        feed = Feed()
+        records = [feed.reading(T0 + i, seq=i) for i in range(3)]
+
+        result = pipeline().process(records, now=0.0)
+
+        assert [(r.offset, i) for i, r in enumerate(records)] == [
+            (record.offset, reading.seq) for record, reading in result.valid
+        ]
+        assert (3, 0, [], (T0, T0 + 2)) == (
+            result.ok,
+            result.invalid,
+            result.outputs,
+            (result.event_time_min, result.event_time_max),
+        )
+
+    def test_closing_window_emits_its_aggregate_keyed_by_sensor(self) -> None:
+        """A window closed by the watermark becomes one record on sensor-aggregates."""
+        feed = Feed()
+        records = [feed.reading(T0 + i * 1_000, seq=i, temperature=20.0 + i) for i in range(10)]
+        records.append(feed.reading(T0 + 15_000, seq=10))
+
+        result = pipeline().process(records, now=0.0)
+
+        (output,) = result.outputs
+        aggregate = decode_aggregate(output.value)
+        assert (AGGREGATES_TOPIC, b"sensor-0001", []) == (output.topic, output.key, output.headers)
+        assert (T0, T0 + 10_000, 10, 0, 9, 24.5) == (
+            aggregate.window_start,
+            aggregate.window_end,
+            aggregate.count,
+            aggregate.first_seq,
+            aggregate.last_seq,
+            aggregate.temperature_mean,
+        )
+        assert 1 == result.aggregates
+
+    def test_alert_is_emitted_keyed_by_sensor(self) -> None:
+        """A threshold crossing becomes one record on sensor-alerts, counted by kind."""
+        feed = Feed()
+
+        result = pipeline().process(
+            [feed.reading(T0, temperature=50.0), feed.reading(T0 + 1, temperature=51.0)], now=0.0
+        )
+
+        (output,) = result.outputs
+        assert (ALERTS_TOPIC, b"sensor-0001") == (output.topic, output.key)
+        assert ("temperature_high", 50.0) == (
+            decode_alert(output.value).kind,
+            decode_alert(output.value).value,
+        )
+        assert Counter({"temperature_high": 1}) == result.alerts
+
+    def test_thresholds_come_from_the_config(self) -> None:
+        """PipelineConfig.thresholds drives the alert rules."""
+        feed = Feed()
+
+        result = pipeline(thresholds=AlertThresholds(humidity_high=60.0)).process(
+            [feed.reading(T0, humidity=61.0)], now=0.0
+        )
+
+        assert Counter({"humidity_high": 1}) == result.alerts
+
+    def test_output_topics_are_configurable(self) -> None:
+        """Aggregates and alerts go to the configured topics."""
+        feed = Feed()
+        records = [feed.reading(T0, temperature=99.0), feed.reading(T0 + 20_000)]
+
+        result = pipeline(aggregates_topic="aggs", alerts_topic="alarms").process(records, now=0.0)
+
+        assert ["alarms", "aggs"] == topics(result)
+
+
+class TestDeadLetters:
+    @pytest.mark.parametrize(("reason", "value"), malformed_corpus())
+    def test_every_malformed_payload_is_dead_lettered_with_its_reason(
+        self, reason: str, value: bytes
+    ) -> None:
+        """Original key, value and headers kept; reason, error and origin added."""
+        feed = Feed()
+        feed.offset = 41
+        original_headers = [("trace-id", b"abc")]
+        record = feed.record(value, key=b"sensor-0007", headers=original_headers)
+
+        result = pipeline().process([record], now=0.0)
+
+        (output,) = result.outputs
+        headers = DeadLetterHeaders.from_kafka_headers(output.headers)
+        assert (DLQ_TOPIC, b"sensor-0007", value) == (output.topic, output.key, output.value)
+        assert original_headers == output.headers[: len(original_headers)]
+        assert (reason, TOPIC, 3, 41, T0 + 41, "test-instance") == (
+            headers.reason,
+            headers.original_topic,
+            headers.original_partition,
+            headers.original_offset,
+            headers.original_timestamp,
+            headers.instance,
+        )
+        assert headers.error
+        assert (0, 1, Counter({reason: 1}), []) == (
+            result.ok,
+            result.invalid,
+            result.dead_letters,
+            result.valid,
+        )
+
+    def test_tombstone_is_dead_lettered_as_empty(self) -> None:
+        """A None value (tombstone) is refused as empty."""
+        result = pipeline().process([Feed().record(None)], now=0.0)
+
+        assert Counter({"empty": 1}) == result.dead_letters
+
+    def test_batch_mixing_good_and_bad_events(self) -> None:
+        """Bad events are dead-lettered in place; good ones around them flow on."""
+        feed = Feed()
+        records = [
+            feed.reading(T0, seq=0),
+            feed.record(b"not json"),
+            feed.reading(T0 + 1, seq=1),
+            feed.record(b"[1]"),
+            feed.reading(T0 + 2, seq=2, temperature=60.0),
+        ]
+
+        result = pipeline().process(records, now=0.0)
+
+        assert [0, 2, 4] == [record.offset for record, _ in result.valid]
+        assert [DLQ_TOPIC, DLQ_TOPIC, ALERTS_TOPIC] == topics(result)
+        assert (3, 2, Counter({"not_json": 1, "not_object": 1})) == (
+            result.ok,
+            result.invalid,
+            result.dead_letters,
+        )
+
+    def test_dead_letter_keeps_the_original_record(self) -> None:
+        """dead_letter() appends our headers after the original ones."""
+        record = Record(TOPIC, 1, 7, 123, b"k", b"v", [("h", b"1")])
+
+        output = dead_letter(
+            record,
+            reason=DeadLetterReason.HANDLER_FAILED,
+            error="boom",
+            instance="i",
+            dlq_topic="dlq",
+        )
+
+        assert (
+            OutputRecord(
+                topic="dlq",
+                key=b"k",
+                value=b"v",
+                headers=[
+                    ("h", b"1"),
+                    *DeadLetterHeaders(
+                        reason=DeadLetterReason.HANDLER_FAILED,
+                        error="boom",
+                        original_topic=TOPIC,
+                        original_partition=1,
+                        original_offset=7,
+                        original_timestamp=123,
+                        instance="i",
+                    ).to_kafka_headers(),
+                ],
+            )
+            == output
+        )
+
+
+class TestLateEvents:
+    def records(self, feed: Feed) -> list[Record]:
+        return [feed.reading(T0 + 30_000), feed.reading(T0, sensor_id="sensor-late")]
+
+    def test_late_events_are_counted_and_still_handled(self) -> None:
+        """By default a late event is counted, not windowed, and still goes to the handler."""
+        result = pipeline().process(self.records(Feed()), now=0.0)
+
+        assert (1, 1, [], 2) == (result.ok, result.late, result.outputs, len(result.valid))
+
+    def test_late_events_can_be_dead_lettered(self) -> None:
+        """With dead_letter_late, a late event goes to the DLQ (late_event) instead."""
+        result = pipeline(dead_letter_late=True).process(self.records(Feed()), now=0.0)
+
+        (output,) = result.outputs
+        headers = DeadLetterHeaders.from_kafka_headers(output.headers)
+        assert (DeadLetterReason.LATE_EVENT, b"sensor-late") == (headers.reason, output.key)
+        assert (1, Counter({"late_event": 1}), 1) == (
+            result.late,
+            result.dead_letters,
+            len(result.valid),
+        )
+
+
+class TestIdleClose:
+    def test_close_idle_emits_silent_sensors_windows(self) -> None:
+        """close_idle() emits the aggregate of a window idle past the timeout."""
+        p = pipeline(idle_timeout_s=30.0)
+        p.process([Feed().reading(T0)], now=100.0)
+
+        early = p.close_idle(now=120.0)
+        result = p.close_idle(now=131.0)
+
+        assert ([], [AGGREGATES_TOPIC], 1, 0) == (
+            early.outputs,
+            topics(result),
+            result.aggregates,
+            p.open_windows,
+        )
+
+
+class TestReplay:
+    def stream(self) -> list[Record]:
+        """Sensor a: 10 readings in [T0, T0+10s), 10 in [T0+10s, T0+20s), then one at T0+25s."""
+        feed = Feed()
+        records = [feed.reading(T0 + i * 1_000, seq=i, temperature=20.0 + i) for i in range(20)]
+        records.append(feed.reading(T0 + 25_000, seq=20))
+        return records
+
+    def test_replayed_events_emit_nothing(self) -> None:
+        """Below replay_until: no aggregates, no alerts, no handler calls; counted as replayed."""
+        records = self.stream()
+        records[3] = Feed().record(b"junk")
+        records[3].offset = 3
+
+        result = pipeline(replay_until=len(records)).process(records, now=0.0)
+
+        assert ([], [], 21, 0) == (result.outputs, result.valid, result.replayed, result.ok)
+
+    @pytest.mark.parametrize("cut", [1, 10, 15, 16, 19, 20])
+    def test_restart_at_the_commit_emits_each_aggregate_once_and_complete(self, cut: int) -> None:
+        """Outputs before the restart + after it == outputs of an uninterrupted run."""
+        records = [*self.stream(), Feed().reading(T0 + 40_000)]
+        records[-1].offset = len(records) - 1
+        uninterrupted = pipeline().process(records, now=0.0)
+        first_run = pipeline()
+        before = first_run.process(records[:cut], now=0.0)
+        floor = first_run.commit_floor()
+        restarted = pipeline(replay_until=cut)
+
+        replayed = restarted.process(records[cut if floor is None else floor : cut], now=0.0)
+        after = restarted.process(records[cut:], now=0.0)
+
+        assert [] == replayed.outputs
+        assert [o.value for o in uninterrupted.outputs] == [
+            o.value for o in before.outputs + after.outputs
+        ]
+        assert 3 == uninterrupted.aggregates
+
+    def test_window_closing_during_replay_is_not_emitted_again(self) -> None:
+        """A window already emitted before the restart stays emitted once."""
+        records = self.stream()
+        restarted = pipeline(replay_until=21)
+
+        result = restarted.process(records, now=0.0)
+
+        assert ([], 21, 1) == (result.outputs, result.replayed, restarted.open_windows)
+
+    def test_batch_straddling_replay_until(self) -> None:
+        """Records from replay_until on are processed normally in the same batch."""
+        records = self.stream()
+
+        result = pipeline(replay_until=20).process(records, now=0.0)
+
+        assert (20, 1, [20]) == (
+            result.replayed,
+            result.ok,
+            [record.offset for record, _ in result.valid],
+        )
+        (output,) = result.outputs  # the live event's watermark closes [T0+10s, T0+20s)
+        assert (10, 10, 19) == (
+            decode_aggregate(output.value).count,
+            decode_aggregate(output.value).first_seq,
+            decode_aggregate(output.value).last_seq,
+        )
+
+    def test_alert_state_is_rebuilt_by_replay(self) -> None:
+        """An alert raised before the restart is not raised again by the next hot reading."""
+        feed = Feed()
+        records = [feed.reading(T0, temperature=50.0), feed.reading(T0 + 1, temperature=50.5)]
+
+        result = pipeline(replay_until=1).process(records, now=0.0)
+
+        assert ([], 1) == (result.outputs, result.replayed)
+
+
+class TestConfig:
+    def test_defaults_match_the_contract(self) -> None:
+        """10 s windows, 5 s lateness, 30 s idle, late events not dead-lettered."""
+        config = PipelineConfig(instance="i")
+
+        assert (10_000, 5_000, 30.0, False, AGGREGATES_TOPIC, ALERTS_TOPIC, DLQ_TOPIC) == (
+            config.window_size_ms,
+            config.allowed_lateness_ms,
+            config.idle_timeout_s,
+            config.dead_letter_late,
+            config.aggregates_topic,
+            config.alerts_topic,
+            config.dlq_topic,
+        )
+
+    def test_rejects_a_zero_window(self) -> None:
+        """A window must have a size."""
+        with pytest.raises(ValueError, match="window_size_ms"):
+            PipelineConfig(instance="i", window_size_ms=0)
+
+    def test_outputs_are_json(self) -> None:
+        """Aggregate values are plain JSON objects."""
+        feed = Feed()
+        result = pipeline().process([feed.reading(T0), feed.reading(T0 + 20_000)], now=0.0)
+
+        assert "sensor-0001" == orjson.loads(result.outputs[0].value or b"")["sensor_id"]
