@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
-from kafka_helpers import consume_all, create_topic, new_topic_name
 
+from kafka_helpers import consume_all, create_topic, new_topic_name
 from sensorstream.schema import SensorReading, WindowAggregate, decode_aggregate, encode_reading
 
 HERE = Path(__file__).resolve().parent
@@ -124,7 +124,7 @@ class Processor:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(self.url(path), timeout=2) as resp:  # noqa: S310
+            with urllib.request.urlopen(self.url(path), timeout=2) as resp:
                 return int(resp.status), resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -138,8 +138,8 @@ class Processor:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_ready(self, within: float = 30.0) -> None:
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"processor exited {self.proc.returncode}: {self.logs()}")
@@ -150,15 +150,15 @@ class Processor:
             if status == 200:
                 return
             await asyncio.sleep(0.2)
-        raise AssertionError(f"processor not ready after {timeout}s: {self.logs()[-3000:]}")
+        raise AssertionError(f"processor not ready after {within}s: {self.logs()[-3000:]}")
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    async def terminate(self, timeout: float = 20.0) -> int:
+    async def terminate(self, grace: float = 20.0) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.proc.wait, timeout)
+        return await asyncio.to_thread(self.proc.wait, grace)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -236,9 +236,13 @@ def seq_gaps(aggs: list[WindowAggregate], per_sensor: int) -> list[str]:
     expected = 0
     for agg in aggs:
         if agg.first_seq != expected:
-            problems.append(f"window {agg.window_start} starts at seq {agg.first_seq}, not {expected}")
+            problems.append(
+                f"window {agg.window_start} starts at seq {agg.first_seq}, not {expected}"
+            )
         if agg.last_seq is None or agg.first_seq is None or agg.last_seq < agg.first_seq:
-            problems.append(f"window {agg.window_start} has seq range {agg.first_seq}..{agg.last_seq}")
+            problems.append(
+                f"window {agg.window_start} has seq range {agg.first_seq}..{agg.last_seq}"
+            )
             continue
         if agg.count != agg.last_seq - agg.first_seq + 1:
             problems.append(f"window {agg.window_start} count {agg.count} != seq span")
@@ -253,11 +257,11 @@ async def wait_for_aggregates(
     topic: str,
     expected_total: int,
     *,
-    timeout: float = 40.0,
+    within: float = 40.0,
     isolation_level: str = "read_uncommitted",
 ) -> list[WindowAggregate]:
-    """Poll ``topic`` until deduplicated counts add up to ``expected_total`` (or time out)."""
-    deadline = time.monotonic() + timeout
+    """Poll ``topic`` until deduplicated counts add up to ``expected_total`` (or ``within`` s)."""
+    deadline = time.monotonic() + within
     while True:
         aggregates = await read_aggregates(bootstrap, topic, isolation_level=isolation_level)
         total = sum(counts(deduplicated(aggregates)).values())

@@ -29,7 +29,7 @@ class RecordingHandler:
         self._file: IO[str] | None = None
 
     async def start(self) -> None:
-        self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115, ASYNC230 - once, closed in stop()
 
     async def handle(self, reading: SensorReading, context: HandlerContext) -> None:
         if reading.seq in self._slow and reading.sensor_id.endswith(("0", "1", "2")):

@@ -185,9 +185,10 @@ class TestPoisonEvents:
                 for r in dead
             }
             assert expected == actual
-            assert all(("test-index", str(i).encode()) in r.headers for i, r in enumerate(
-                sorted(dead, key=lambda r: int(r.key.decode().split("-")[1]))
-            ))
+            assert all(
+                ("test-index", str(i).encode()) in r.headers
+                for i, r in enumerate(sorted(dead, key=lambda r: int(r.key.decode().split("-")[1])))
+            )
             assert processor.proc.poll() is None
             assert (200, 200) == (processor.get("/healthz")[0], processor.get("/readyz")[0])
             assert 1 == processor.metric("sensorstream_processor_rebalances_total")

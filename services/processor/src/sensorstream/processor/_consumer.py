@@ -211,7 +211,9 @@ class ProcessorConsumer:
             self._metrics.commits_ok.inc()
         for worker, commit in pending.values():
             worker.committed = commit
-        log.debug("offsets_committed", offsets={str(tp.partition): o for tp, (o, _) in offsets.items()})
+        log.debug(
+            "offsets_committed", offsets={str(tp.partition): o for tp, (o, _) in offsets.items()}
+        )
         return True
 
     # -- rebalancing ----------------------------------------------------------------

@@ -211,7 +211,9 @@ class PartitionWorker:
             if self._chunks:
                 await self._process(self._take(options.max_batch))
             now = time.monotonic()
-            if now - self._last_idle_check >= _IDLE_TICK:
+            # Idle windows are judged only when caught up: while records wait in the
+            # buffer (a slow handler, a backlog) the sensors are not silent, we are late.
+            if not self._chunks and now - self._last_idle_check >= _IDLE_TICK:
                 self._last_idle_check = now
                 await self._close_idle()
             if self._transactional and now - self._last_txn_commit >= options.commit_interval:
