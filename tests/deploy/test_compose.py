@@ -1,0 +1,189 @@
+"""docker-compose.yml: valid for compose 1.29, scale-safe, hardened, settings that exist."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import yaml
+from deploy_helpers import REPO, run_tool
+from pydantic_settings import BaseSettings
+
+from sensorstream.processor.settings import ProcessorSettings
+from sensorstream.producer.settings import ProducerSettings
+from sensorstream.schema import AGGREGATES_TOPIC, ALERTS_TOPIC, DLQ_TOPIC, INPUT_TOPIC
+
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "producer": ProducerSettings,
+    "processor": ProcessorSettings,
+}
+HARDENED = ("producer", "processor", "prometheus", "grafana", "init-topics")
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict[str, Any]:
+    """The compose file as docker-compose resolves it (anchors merged, defaults filled)."""
+    result = run_tool("docker-compose", "-f", "docker-compose.yml", "config")
+    assert 0 == result.returncode, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+class TestValidity:
+    def test_config_quiet_passes(self) -> None:
+        """docker-compose 1.29 validates the file without an engine."""
+        result = run_tool("docker-compose", "-f", "docker-compose.yml", "config", "-q")
+        assert (0, "") == (result.returncode, result.stderr.strip())
+
+    def test_env_example_is_accepted(self) -> None:
+        """.env.example is a valid env file for the compose file."""
+        result = run_tool(
+            "docker-compose",
+            "--env-file",
+            ".env.example",
+            "-f",
+            "docker-compose.yml",
+            "config",
+            "-q",
+        )
+        assert (0, "") == (result.returncode, result.stderr.strip())
+
+    def test_services(self, resolved: dict[str, Any]) -> None:
+        """The stack has the services the docs describe."""
+        expected = {"kafka", "init-topics", "producer", "processor", "prometheus", "grafana"}
+        assert expected == set(resolved["services"])
+
+
+class TestSettings:
+    @pytest.mark.parametrize("name", sorted(SETTINGS))
+    def test_every_sensorstream_variable_is_a_setting(
+        self, resolved: dict[str, Any], name: str
+    ) -> None:
+        """Every SENSORSTREAM_* the compose file sets is a field of the service's settings."""
+        env = _environment(resolved["services"][name])
+        fields = {f"SENSORSTREAM_{field.upper()}" for field in SETTINGS[name].model_fields}
+        set_here = {key for key in env if key.startswith("SENSORSTREAM_")}
+        assert set_here
+        assert set() == set_here - fields
+
+    @pytest.mark.parametrize("name", sorted(SETTINGS))
+    def test_compose_values_validate(self, resolved: dict[str, Any], name: str) -> None:
+        """The values the compose file sets (with defaults) load into the settings model."""
+        env = _environment(resolved["services"][name])
+        values = {
+            key.removeprefix("SENSORSTREAM_").lower(): value
+            for key, value in env.items()
+            if key.startswith("SENSORSTREAM_")
+        }
+        settings = SETTINGS[name].model_validate(values)
+        assert "kafka:9092" == settings.bootstrap_servers  # type: ignore[attr-defined]
+
+    def test_dockerfile_env_is_settings(self) -> None:
+        """The SENSORSTREAM_* defaults baked into the images are real settings too."""
+        for name, cls in SETTINGS.items():
+            dockerfile = (REPO / "services" / name / "Dockerfile").read_text()
+            baked = set(re.findall(r"\b(SENSORSTREAM_[A-Z_]+)=", dockerfile))
+            fields = {f"SENSORSTREAM_{field.upper()}" for field in cls.model_fields}
+            assert set() == baked - fields, name
+
+
+class TestScaling:
+    def test_processor_is_scale_safe(self, resolved: dict[str, Any]) -> None:
+        """No container_name and no host ports on the processor, so --scale works."""
+        processor = resolved["services"]["processor"]
+        assert (None, None) == (processor.get("container_name"), processor.get("ports"))
+
+    def test_no_service_has_a_container_name(self, resolved: dict[str, Any]) -> None:
+        """No service pins its container name (names would clash on scale or a second project)."""
+        named = [n for n, s in resolved["services"].items() if "container_name" in s]
+        assert [] == named
+
+    def test_two_processor_replicas_by_default(self, resolved: dict[str, Any]) -> None:
+        """Two processor replicas start by default."""
+        assert 2 == resolved["services"]["processor"]["deploy"]["replicas"]
+
+    def test_published_ports_are_loopback_only(self, resolved: dict[str, Any]) -> None:
+        """Whatever is published listens on 127.0.0.1 only."""
+        published = [
+            port for service in resolved["services"].values() for port in service.get("ports", [])
+        ]
+        assert published
+        assert all(str(port).startswith("127.0.0.1:") for port in published)
+
+
+class TestHardening:
+    @pytest.mark.parametrize("name", HARDENED)
+    def test_hardened(self, resolved: dict[str, Any], name: str) -> None:
+        """Read-only root, no capabilities, no privilege gain, an init, /tmp as tmpfs."""
+        service = resolved["services"][name]
+        actual = (
+            service.get("read_only"),
+            service.get("cap_drop"),
+            service.get("security_opt"),
+            service.get("init"),
+            service.get("tmpfs"),
+        )
+        assert (True, ["ALL"], ["no-new-privileges:true"], True, ["/tmp"]) == actual
+
+    def test_kafka_drops_capabilities(self, resolved: dict[str, Any]) -> None:
+        """Kafka (whose image writes its config at start) still drops every capability."""
+        kafka = resolved["services"]["kafka"]
+        assert (["ALL"], ["no-new-privileges:true"]) == (kafka["cap_drop"], kafka["security_opt"])
+
+    def test_every_service_has_a_memory_limit(self, resolved: dict[str, Any]) -> None:
+        """Every service has a memory limit."""
+        unlimited = [
+            name
+            for name, service in resolved["services"].items()
+            if not service.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+        ]
+        assert [] == unlimited
+
+
+class TestKafka:
+    def test_image_matches_local_broker_version(self, resolved: dict[str, Any]) -> None:
+        """The compose Kafka is the same release as the local broker (deploy/kafka/pom.xml)."""
+        pom = (REPO / "deploy" / "kafka" / "pom.xml").read_text()
+        version = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
+        assert version is not None
+        assert f"apache/kafka:{version.group(1)}" == resolved["services"]["kafka"]["image"]
+
+    def test_kraft_single_node(self, resolved: dict[str, Any]) -> None:
+        """KRaft combined node with replication factors 1, a healthcheck and a named volume."""
+        kafka = resolved["services"]["kafka"]
+        env = _environment(kafka)
+        actual = (
+            env["KAFKA_PROCESS_ROLES"],
+            env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"],
+            env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"],
+            "CLUSTER_ID" in env,
+            "healthcheck" in kafka,
+            kafka["volumes"][0].split(":")[0]
+            if isinstance(kafka["volumes"][0], str)
+            else kafka["volumes"][0]["source"],
+        )
+        assert ("broker,controller", "1", "1", True, True, "kafka-data") == actual
+
+    def test_init_creates_every_topic(self) -> None:
+        """The one-shot init creates the four topics the services use."""
+        script = (REPO / "deploy" / "compose" / "create-topics.sh").read_text()
+        topics = re.search(r"for topic in ([^;]+);", script)
+        assert topics is not None
+        expected = [INPUT_TOPIC, AGGREGATES_TOPIC, ALERTS_TOPIC, DLQ_TOPIC]
+        assert expected == topics.group(1).split()
+
+    def test_services_wait_for_topics(self, resolved: dict[str, Any]) -> None:
+        """Producer and processor start after init-topics completed."""
+        conditions = [
+            resolved["services"][name]["depends_on"]["init-topics"]["condition"]
+            for name in ("producer", "processor")
+        ]
+        assert ["service_completed_successfully"] * 2 == conditions
