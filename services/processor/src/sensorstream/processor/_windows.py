@@ -280,9 +280,10 @@ class TumblingWindows:
         """The smallest source offset a replay must start from, or None if none is needed.
 
         That is the first offset of the oldest open window, but never past the reading
-        that set the watermark: a replay from here reaches the same watermark, so the
-        windows that closed before a restart close again during the replay (where their
-        output is suppressed) instead of being emitted a second time.
+        that set the watermark (which matters only once that reading's window closed
+        idle): a replay from here reaches the same watermark, so the windows that closed
+        before a restart close again during the replay, where their output is
+        suppressed, instead of being emitted a second time.
         """
         if self._open == 0:
             return None
