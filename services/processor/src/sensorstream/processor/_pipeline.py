@@ -45,6 +45,7 @@ __all__ = [
     "dead_letter",
 ]
 
+_MAX_CACHED_KEYS = 100_000
 _LATE_MESSAGE = (
     "event_time {event_time} is in window [{start}, {end}), already closed (watermark {watermark})"
 )
@@ -244,9 +245,13 @@ class PartitionPipeline:
         return result
 
     def _sensor_key(self, sensor_id: str) -> bytes:
-        key = self._sensor_keys.get(sensor_id)
+        """The output key for ``sensor_id``, encoded once per sensor."""
+        keys = self._sensor_keys
+        key = keys.get(sensor_id)
         if key is None:
-            key = self._sensor_keys[sensor_id] = sensor_id.encode()
+            if len(keys) >= _MAX_CACHED_KEYS:  # a flood of new ids must not grow memory
+                keys.clear()
+            key = keys[sensor_id] = sensor_id.encode()
         return key
 
     def _emit_aggregates(self, closed: list[SensorWindow], result: BatchResult) -> None:
