@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sensorstream.processor._windows import SensorWindow, TumblingWindows
 from sensorstream.schema import SensorReading, WindowAggregate, encode_aggregate
@@ -337,6 +339,33 @@ class TestManySensors:
         assert {10} == {x.count for x in closed}
         assert [T0, T0 + 10_000, T0 + 20_000] == sorted({x.start for x in closed})
         assert (1_000, 30_000) == (w.open_windows, w.commit_floor())
+
+
+class TestNothingLost:
+    @given(
+        steps=st.lists(st.integers(0, 3_000), min_size=1, max_size=200),
+        jitter=st.lists(st.integers(0, 5_000), min_size=200, max_size=200),
+        sensors=st.lists(st.sampled_from(["a", "b", "c"]), min_size=200, max_size=200),
+    )
+    def test_disorder_within_lateness_loses_no_reading(
+        self, steps: list[int], jitter: list[int], sensors: list[str]
+    ) -> None:
+        """Readings at most allowed_lateness out of order all land in exactly one aggregate."""
+        w = windows()
+        closed: list[SensorWindow] = []
+        clock = T0
+        accepted = []
+        for offset, step in enumerate(steps):
+            clock += step
+            event_time = max(T0, clock - jitter[offset])
+            accepted.append(
+                w.add(reading(event_time, sensor_id=sensors[offset]), offset, 0.0, closed)
+            )
+        w.add(reading(clock + 1_000_000, sensor_id="flush"), len(steps), 0.0, closed)
+
+        assert all(accepted)
+        assert len(steps) == sum(x.count for x in closed)
+        assert len(closed) == len({(x.sensor_id, x.start) for x in closed})
 
 
 class TestValidation:
