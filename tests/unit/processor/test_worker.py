@@ -189,4 +189,4 @@ class TestBackpressure:
         worker.feed([record(0, 0, event_time=BASE)])
         await asyncio.sleep(0.05)
         await worker.stop(grace)
-        assert (None, False) == (worker.next_offset, worker.running)
+        assert (None, False, True) == (worker.next_offset, worker.running, worker.cancelled)

@@ -246,7 +246,9 @@ class ProcessorConsumer:
     async def _close_transactional(self, worker: PartitionWorker) -> None:
         sink = worker_sink(worker)
         try:
-            if worker.failed is None:
+            # A chunk cancelled mid-way may have part of its outputs in the open
+            # transaction without its offsets: abort (in stop()) rather than commit.
+            if worker.failed is None and not worker.cancelled:
                 await worker.commit_transaction()
         except (FatalError, KafkaError) as exc:
             self._metrics.commits_failed.inc()

@@ -110,6 +110,8 @@ class PartitionWorker:
         """The last (offset, metadata) committed for this partition."""
         self.processed = 0
         self.failed: BaseException | None = None
+        self.cancelled = False
+        """True if stop() had to cancel a chunk mid-way (its outputs may be partly sent)."""
         self._last_idle_check = time.monotonic()
         self._last_txn_commit = time.monotonic()
 
@@ -174,6 +176,7 @@ class PartitionWorker:
                 next_offset=self.next_offset,
                 grace=grace,
             )
+            self.cancelled = True
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._chunks.clear()
