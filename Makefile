@@ -3,8 +3,11 @@
 
 KAFKACTL := deploy/kafka/kafkactl
 PYTEST_ARGS ?=
+# uv from PATH, or a private copy installed from PyPI on first use (a fresh machine has none).
+UV_BOOTSTRAP := .cache/uv-bootstrap/bin/uv
+UV ?= $(shell command -v uv 2>/dev/null || echo $(UV_BOOTSTRAP))
 
-.PHONY: help sync lint test bench kafka-fetch kafka-start kafka-stop kafka-status kafka-logs run
+.PHONY: help prereqs sync lint test bench kafka-fetch kafka-start kafka-stop kafka-status kafka-logs run
 
 help:
 	@echo "make sync          install the locked environment (uv sync --locked)"
@@ -13,27 +16,35 @@ help:
 	@echo "make bench         run every benchmarks/bench_*.py in turn"
 	@echo "make kafka-start   start the local broker on 127.0.0.1:9092 (kafka-stop, kafka-status, kafka-logs)"
 
-sync:
-	uv sync --locked
+sync: $(UV)
+	$(UV) sync --locked
 
-lint:
-	uv run ruff check .
-	uv run ruff format --check .
-	uv run mypy
+$(UV_BOOTSTRAP):
+	python3 -m venv .cache/uv-bootstrap
+	.cache/uv-bootstrap/bin/python -m pip install --quiet uv
+
+lint: sync
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy
 
 # The pytest session starts its own broker on free ports and stops it at the end.
-test: kafka-fetch
-	uv run pytest $(PYTEST_ARGS)
+test: prereqs sync kafka-fetch
+	$(UV) run pytest $(PYTEST_ARGS)
 
-bench:
+bench: sync kafka-fetch
 	@set -e; for bench in benchmarks/bench_*.py; do \
 		[ -e "$$bench" ] || continue; \
 		echo "== $$bench"; \
-		uv run python "$$bench"; \
+		$(UV) run python "$$bench"; \
 	done
 
 kafka-fetch:
 	$(KAFKACTL) fetch
+
+# Java, Maven, Prometheus, docker-compose: apt-get installs whichever is missing.
+prereqs:
+	deploy/install-prereqs
 
 kafka-start:
 	$(KAFKACTL) start
@@ -59,12 +70,11 @@ BUILD_FORMAT := $(if $(findstring podman,$(CONTAINER)),--format docker,)
 
 .PHONY: run run-stop images compose-config
 
-run:
-	uv sync --locked
-	uv run python deploy/local/stack.py --processors $(PROCESSORS) $(RUN_ARGS)
+run: prereqs sync
+	$(UV) run python deploy/local/stack.py --processors $(PROCESSORS) $(RUN_ARGS)
 
-run-stop:
-	uv run python deploy/local/stack.py stop
+run-stop: sync
+	$(UV) run python deploy/local/stack.py stop
 
 # podman needs --format docker, or its OCI images silently lose HEALTHCHECK.
 images:

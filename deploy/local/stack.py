@@ -72,13 +72,24 @@ def _apt_install(packages: Sequence[str]) -> bool:
     print(f"stack: installing {' '.join(packages)} with apt-get ...", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    subprocess.run(["apt-get", "update", "-q"], check=False, env=env, **quiet)
-    result = subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
-        check=False,
-        env=env,
-        **quiet,
-    )
+    # Debian's prometheus package would start its own daemon on :9090; the stack starts
+    # exactly the processes it needs, so no package may start a service here.
+    policy = Path("/usr/sbin/policy-rc.d")
+    ours = not policy.exists()
+    if ours:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        subprocess.run(["apt-get", "update", "-q"], check=False, env=env, **quiet)
+        result = subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+            check=False,
+            env=env,
+            **quiet,
+        )
+    finally:
+        if ours:
+            policy.unlink(missing_ok=True)
     return result.returncode == 0
 
 
