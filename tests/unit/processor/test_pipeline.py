@@ -287,20 +287,87 @@ class TestLateEvents:
 
 
 class TestIdleClose:
-    def test_close_idle_emits_silent_sensors_windows(self) -> None:
-        """close_idle() emits the aggregate of a window idle past the timeout."""
+    def test_idle_partition_emits_every_open_window(self) -> None:
+        """No record for idle_timeout_s: every open window of the partition is emitted."""
         p = pipeline(idle_timeout_s=30.0)
-        p.process([Feed().reading(T0)], now=100.0)
+        feed = Feed()
+        p.process([feed.reading(T0), feed.reading(T0 + 12_000, sensor_id="b")], now=100.0)
 
-        early = p.close_idle(now=120.0)
+        early = p.close_idle(now=129.0)
         result = p.close_idle(now=131.0)
 
-        assert ([], [AGGREGATES_TOPIC], 1, 0) == (
+        assert ([], [AGGREGATES_TOPIC] * 2, 2, 0, None) == (
             early.outputs,
             topics(result),
             result.aggregates,
             p.open_windows,
+            p.commit_floor(),
         )
+
+    def test_a_record_of_any_sensor_defers_the_idle_close(self) -> None:
+        """A partition still receiving records is not idle, whichever sensor sent them."""
+        p = pipeline(idle_timeout_s=30.0)
+        feed = Feed()
+        p.process([feed.reading(T0, sensor_id="silent")], now=100.0)
+        p.process([feed.reading(T0 + 1, sensor_id="chatty")], now=125.0)
+
+        result = p.close_idle(now=131.0)
+
+        assert ([], 2) == (result.outputs, p.open_windows)
+
+
+# One worker's life on one partition: ("process", records, now) or ("tick", now), the
+# idle check the worker runs every 0.5 s while caught up.
+Step = tuple[str, list[Record], float]
+
+
+class TestIdleRestart:
+    def steps(self) -> list[Step]:
+        """Sensor a's old window stays touched while b's newer one goes quiet, then idle."""
+        feed = Feed()
+        return [
+            ("process", [feed.reading(T0 + 1_000, sensor_id="a", seq=0)], 100.0),
+            ("process", [feed.reading(T0 + 12_000, sensor_id="b", seq=0)], 100.0),
+            ("process", [feed.reading(T0 + 2_000, sensor_id="a", seq=1)], 125.0),
+            ("tick", [], 131.0),
+            ("tick", [], 156.0),
+            ("process", [feed.reading(T0 + 21_000, sensor_id="a", seq=2)], 170.0),
+            ("process", [feed.reading(T0 + 22_000, sensor_id="b", seq=1)], 170.0),
+            ("tick", [], 185.0),
+            ("process", [feed.reading(T0 + 60_000, sensor_id="c", seq=0)], 190.0),
+            ("process", [feed.reading(T0 + 90_000, sensor_id="c", seq=1)], 191.0),
+        ]
+
+    @staticmethod
+    def run(p: PartitionPipeline, steps: list[Step]) -> list[bytes]:
+        outputs: list[bytes] = []
+        for kind, records, now in steps:
+            result = p.process(records, now) if kind == "process" else p.close_idle(now)
+            outputs.extend(o.value for o in result.outputs if o.value is not None)
+        return outputs
+
+    @pytest.mark.parametrize("cut", range(1, 10))
+    def test_restart_after_an_idle_close_emits_no_duplicate(self, cut: int) -> None:
+        """Restart at the commit of any step: each window emitted once, no count lost."""
+        steps = self.steps()
+        records = [r for _, batch, _ in steps for r in batch]
+        uninterrupted = self.run(pipeline(idle_timeout_s=30.0), steps)
+        first = pipeline(idle_timeout_s=30.0)
+        before = self.run(first, steps[:cut])
+        next_offset = sum(len(batch) for _, batch, _ in steps[:cut])
+        floor = first.commit_floor()
+        committed = next_offset if floor is None else min(next_offset, floor)
+        restarted = pipeline(idle_timeout_s=30.0, replay_until=next_offset)
+        now = steps[cut - 1][2]
+
+        replayed = restarted.process(records[committed:next_offset], now=now)
+        after = self.run(restarted, steps[cut:])
+
+        emitted = [decode_aggregate(value) for value in before + after]
+        windows = [(a.sensor_id, a.window_start) for a in emitted]
+        assert [] == replayed.outputs
+        assert len(set(windows)) == len(windows)
+        assert sorted(uninterrupted) == sorted(before + after)
 
 
 class TestReplay:

@@ -46,7 +46,7 @@ class TestAssignment:
         closed: list[SensorWindow] = []
 
         for offset, event_time in enumerate((T0, T0 + 4_000, T0 + 9_999)):
-            w.add(reading(event_time, seq=offset), offset, 0.0, closed)
+            w.add(reading(event_time, seq=offset), offset, closed)
 
         assert [(T0, T0 + 10_000, 3)] == [(x.start, x.end, x.count) for x in w]
 
@@ -54,8 +54,8 @@ class TestAssignment:
         """A reading at exactly s + size opens the next window."""
         w = windows()
 
-        w.add(reading(T0 + 9_999), 0, 0.0, [])
-        w.add(reading(T0 + 10_000), 1, 0.0, [])
+        w.add(reading(T0 + 9_999), 0, [])
+        w.add(reading(T0 + 10_000), 1, [])
 
         assert [T0, T0 + 10_000] == [x.start for x in w]
 
@@ -63,8 +63,8 @@ class TestAssignment:
         """Two sensors in the same time range get two windows."""
         w = windows()
 
-        w.add(reading(T0, sensor_id="sensor-a"), 0, 0.0, [])
-        w.add(reading(T0, sensor_id="sensor-b"), 1, 0.0, [])
+        w.add(reading(T0, sensor_id="sensor-a"), 0, [])
+        w.add(reading(T0, sensor_id="sensor-b"), 1, [])
 
         assert ["sensor-a", "sensor-b"] == [x.sensor_id for x in w]
         assert 2 == w.open_windows
@@ -79,11 +79,10 @@ class TestStatistics:
             w.add(
                 reading(T0 + seq, seq=seq + 7, temperature=temperature, humidity=humidity),
                 seq,
-                0.0,
                 closed,
             )
 
-        w.add(reading(T0 + 15_000, seq=10), 3, 0.0, closed)
+        w.add(reading(T0 + 15_000, seq=10), 3, closed)
 
         assert [
             WindowAggregate(
@@ -106,7 +105,7 @@ class TestStatistics:
         """first_seq/last_seq are the lowest/highest seq, whatever the arrival order."""
         w = windows()
         for offset, seq in enumerate((5, 3, 8, 4)):
-            w.add(reading(T0 + offset, seq=seq), offset, 0.0, [])
+            w.add(reading(T0 + offset, seq=seq), offset, [])
 
         (window,) = w
 
@@ -115,8 +114,8 @@ class TestStatistics:
     def test_upgraded_readings_without_seq(self) -> None:
         """Readings without seq (upgraded v0) leave the seq range None."""
         w = windows()
-        w.add(reading(T0, seq=None), 0, 0.0, [])
-        w.add(reading(T0 + 1, seq=None), 1, 0.0, [])
+        w.add(reading(T0, seq=None), 0, [])
+        w.add(reading(T0 + 1, seq=None), 1, [])
 
         (window,) = w
 
@@ -125,8 +124,8 @@ class TestStatistics:
     def test_encode_matches_encode_aggregate(self) -> None:
         """The fast encoder writes exactly what encode_aggregate writes."""
         w = windows()
-        w.add(reading(T0, seq=None, temperature=-3.5), 0, 0.0, [])
-        w.add(reading(T0 + 1, seq=4, humidity=99.5), 1, 0.0, [])
+        w.add(reading(T0, seq=None, temperature=-3.5), 0, [])
+        w.add(reading(T0 + 1, seq=4, humidity=99.5), 1, [])
         (window,) = w
 
         assert encode_aggregate(window.to_aggregate()) == window.encode()
@@ -138,11 +137,11 @@ class TestWatermark:
         """With 5 s lateness, [T0, T0+10s) closes when an event at T0+15s arrives."""
         w = windows()
         closed: list[SensorWindow] = []
-        w.add(reading(T0), 0, 0.0, closed)
+        w.add(reading(T0), 0, closed)
 
-        w.add(reading(T0 + 14_999, sensor_id="sensor-x"), 1, 0.0, closed)
+        w.add(reading(T0 + 14_999, sensor_id="sensor-x"), 1, closed)
         still_open = list(closed)
-        w.add(reading(T0 + 15_000, sensor_id="sensor-x"), 2, 0.0, closed)
+        w.add(reading(T0 + 15_000, sensor_id="sensor-x"), 2, closed)
 
         assert [] == still_open
         assert [(T0, "sensor-0001")] == [(x.start, x.sensor_id) for x in closed]
@@ -151,9 +150,9 @@ class TestWatermark:
         """The watermark is per partition: one busy sensor closes a quiet sensor's window."""
         w = windows()
         closed: list[SensorWindow] = []
-        w.add(reading(T0, sensor_id="quiet"), 0, 0.0, closed)
+        w.add(reading(T0, sensor_id="quiet"), 0, closed)
 
-        w.add(reading(T0 + 20_000, sensor_id="busy"), 1, 0.0, closed)
+        w.add(reading(T0 + 20_000, sensor_id="busy"), 1, closed)
 
         assert ["quiet"] == [x.sensor_id for x in closed]
         assert T0 + 15_000 == w.watermark
@@ -162,10 +161,10 @@ class TestWatermark:
         """A jump in event time closes every passed window, oldest group first."""
         w = windows()
         closed: list[SensorWindow] = []
-        w.add(reading(T0 + 10_000, sensor_id="b"), 0, 0.0, closed)
-        w.add(reading(T0 + 1, sensor_id="a"), 1, 0.0, closed)
+        w.add(reading(T0 + 10_000, sensor_id="b"), 0, closed)
+        w.add(reading(T0 + 1, sensor_id="a"), 1, closed)
 
-        w.add(reading(T0 + 60_000, sensor_id="c"), 2, 0.0, closed)
+        w.add(reading(T0 + 60_000, sensor_id="c"), 2, closed)
 
         assert [(T0, "a"), (T0 + 10_000, "b")] == [(x.start, x.sensor_id) for x in closed]
         assert 1 == w.open_windows
@@ -174,9 +173,9 @@ class TestWatermark:
         """Without allowed lateness a window closes on the first event at its end."""
         w = windows(lateness_ms=0)
         closed: list[SensorWindow] = []
-        w.add(reading(T0), 0, 0.0, closed)
+        w.add(reading(T0), 0, closed)
 
-        w.add(reading(T0 + 10_000), 1, 0.0, closed)
+        w.add(reading(T0 + 10_000), 1, closed)
 
         assert [T0] == [x.start for x in closed]
 
@@ -185,9 +184,9 @@ class TestLateness:
     def test_event_exactly_allowed_lateness_behind_is_accepted(self) -> None:
         """An event allowed_lateness behind the newest one still counts."""
         w = windows()
-        w.add(reading(T0 + 14_999), 0, 0.0, [])
+        w.add(reading(T0 + 14_999), 0, [])
 
-        accepted = w.add(reading(T0 + 9_999, sensor_id="other"), 1, 0.0, [])
+        accepted = w.add(reading(T0 + 9_999, sensor_id="other"), 1, [])
 
         assert accepted is True
         assert 2 == w.open_windows
@@ -196,10 +195,10 @@ class TestLateness:
         """Once the watermark passed a window's end, its events are late and not counted."""
         w = windows()
         closed: list[SensorWindow] = []
-        w.add(reading(T0), 0, 0.0, closed)
-        w.add(reading(T0 + 15_000), 1, 0.0, closed)
+        w.add(reading(T0), 0, closed)
+        w.add(reading(T0 + 15_000), 1, closed)
 
-        accepted = w.add(reading(T0 + 9_999), 2, 0.0, closed)
+        accepted = w.add(reading(T0 + 9_999), 2, closed)
 
         assert accepted is False
         assert [1] == [x.count for x in closed]
@@ -207,67 +206,98 @@ class TestLateness:
     def test_late_event_opens_no_window(self) -> None:
         """A late event for a sensor with no window leaves nothing open."""
         w = windows()
-        w.add(reading(T0 + 30_000, sensor_id="a"), 0, 0.0, [])
+        w.add(reading(T0 + 30_000, sensor_id="a"), 0, [])
 
-        accepted = w.add(reading(T0, sensor_id="b"), 1, 0.0, [])
+        accepted = w.add(reading(T0, sensor_id="b"), 1, [])
 
         assert (False, ["a"]) == (accepted, [x.sensor_id for x in w])
 
     def test_late_event_does_not_move_the_watermark(self) -> None:
         """Only the largest event time seen sets the watermark."""
         w = windows()
-        w.add(reading(T0 + 30_000), 0, 0.0, [])
+        w.add(reading(T0 + 30_000), 0, [])
 
-        w.add(reading(T0), 1, 0.0, [])
+        w.add(reading(T0), 1, [])
 
         assert T0 + 25_000 == w.watermark
 
 
 class TestIdleClose:
-    def test_closes_windows_idle_for_the_timeout(self) -> None:
-        """A window without events for idle_timeout_s of wall time closes."""
+    def test_idle_partition_closes_every_open_window(self) -> None:
+        """No record for idle_timeout_s: all open windows close, oldest first."""
         w = windows(idle_s=30.0)
         closed: list[SensorWindow] = []
-        w.add(reading(T0, sensor_id="silent"), 0, 100.0, closed)
-        w.add(reading(T0, sensor_id="chatty"), 1, 100.0, closed)
-        w.add(reading(T0 + 1, sensor_id="chatty"), 2, 125.0, closed)
+        w.touch(100.0)
+        w.add(reading(T0 + 12_000, sensor_id="a"), 0, closed)
+        w.add(reading(T0 + 9_000, sensor_id="b"), 1, closed)
+        w.add(reading(T0 + 12_500, sensor_id="b"), 2, closed)
 
         w.close_idle(130.0, closed)
 
-        assert ["silent"] == [x.sensor_id for x in closed]
-        assert ["chatty"] == [x.sensor_id for x in w]
+        assert [("b", T0), ("a", T0 + 10_000), ("b", T0 + 10_000)] == [
+            (x.sensor_id, x.start) for x in closed
+        ]
+        assert (0, None) == (w.open_windows, w.commit_floor())
 
     def test_nothing_closes_before_the_timeout(self) -> None:
-        """A window seen 29.9 s ago stays open."""
+        """A partition that received a record 29.9 s ago keeps its windows open."""
         w = windows(idle_s=30.0)
         closed: list[SensorWindow] = []
-        w.add(reading(T0), 0, 100.0, closed)
+        w.touch(100.0)
+        w.add(reading(T0), 0, closed)
 
         w.close_idle(129.9, closed)
 
         assert ([], 1) == (closed, w.open_windows)
 
-    def test_event_for_an_idle_closed_window_is_late(self) -> None:
-        """After an idle close, a straggler for the same window is late, not a new window."""
+    def test_any_record_keeps_the_partition_active(self) -> None:
+        """A silent sensor's window stays open while the partition still receives records."""
         w = windows(idle_s=30.0)
         closed: list[SensorWindow] = []
-        w.add(reading(T0), 0, 100.0, closed)
+        w.touch(100.0)
+        w.add(reading(T0, sensor_id="silent"), 0, closed)
+        w.touch(125.0)
+        w.add(reading(T0 + 1, sensor_id="chatty"), 1, closed)
+
+        w.close_idle(130.0, closed)
+
+        assert ([], 2) == (closed, w.open_windows)
+
+    def test_event_for_an_idle_closed_window_is_late(self) -> None:
+        """After an idle close, a straggler for any closed window is late, not a new window."""
+        w = windows(idle_s=30.0)
+        closed: list[SensorWindow] = []
+        w.touch(100.0)
+        w.add(reading(T0, sensor_id="a"), 0, closed)
         w.close_idle(200.0, closed)
 
-        accepted = w.add(reading(T0 + 1), 1, 200.0, closed)
+        accepted = w.add(reading(T0 + 1, sensor_id="b"), 1, closed)
 
-        assert (False, 0) == (accepted, w.open_windows)
+        assert (False, 0, T0 + 10_000) == (accepted, w.open_windows, w.watermark)
 
     def test_watermark_does_not_close_an_idle_closed_window_again(self) -> None:
         """A window emitted by the idle timeout is not emitted a second time."""
         w = windows(idle_s=30.0)
         closed: list[SensorWindow] = []
-        w.add(reading(T0), 0, 100.0, closed)
+        w.touch(100.0)
+        w.add(reading(T0), 0, closed)
         w.close_idle(200.0, closed)
 
-        w.add(reading(T0 + 60_000), 1, 200.0, closed)
+        w.add(reading(T0 + 60_000), 1, closed)
 
         assert [T0] == [x.start for x in closed]
+
+    def test_later_windows_open_after_an_idle_close(self) -> None:
+        """A partition that wakes up windows its new readings as usual."""
+        w = windows(idle_s=30.0)
+        closed: list[SensorWindow] = []
+        w.touch(100.0)
+        w.add(reading(T0), 0, closed)
+        w.close_idle(200.0, closed)
+
+        accepted = w.add(reading(T0 + 10_000), 1, closed)
+
+        assert (True, 1, 1) == (accepted, w.open_windows, w.commit_floor())
 
 
 class TestCommitFloor:
@@ -278,9 +308,9 @@ class TestCommitFloor:
     def test_first_offset_of_the_oldest_open_window(self) -> None:
         """The floor is the smallest offset that contributed to an open window."""
         w = windows()
-        w.add(reading(T0, sensor_id="a"), 10, 0.0, [])
-        w.add(reading(T0, sensor_id="b"), 11, 0.0, [])
-        w.add(reading(T0 + 1, sensor_id="a"), 12, 0.0, [])
+        w.add(reading(T0, sensor_id="a"), 10, [])
+        w.add(reading(T0, sensor_id="b"), 11, [])
+        w.add(reading(T0 + 1, sensor_id="a"), 12, [])
 
         assert 10 == w.commit_floor()
 
@@ -288,35 +318,26 @@ class TestCommitFloor:
         """When the oldest windows close, the floor moves up to the next open one."""
         w = windows()
         closed: list[SensorWindow] = []
-        w.add(reading(T0, sensor_id="a"), 10, 0.0, closed)
-        w.add(reading(T0 + 10_000, sensor_id="b"), 11, 0.0, closed)
+        w.add(reading(T0, sensor_id="a"), 10, closed)
+        w.add(reading(T0 + 10_000, sensor_id="b"), 11, closed)
         before = w.commit_floor()
 
-        w.add(reading(T0 + 15_000, sensor_id="b"), 12, 0.0, closed)
+        w.add(reading(T0 + 15_000, sensor_id="b"), 12, closed)
 
         assert (10, 11) == (before, w.commit_floor())
 
-    def test_moves_past_idle_closed_windows(self) -> None:
-        """An idle-closed window no longer holds the floor back."""
+    def test_idle_close_releases_the_floor(self) -> None:
+        """After an idle close the floor is None, even though a reading set the watermark."""
         w = windows(idle_s=30.0)
         closed: list[SensorWindow] = []
-        w.add(reading(T0, sensor_id="a"), 10, 0.0, closed)
-        w.add(reading(T0 + 1, sensor_id="b"), 11, 20.0, closed)
+        w.touch(0.0)
+        w.add(reading(T0 + 9_000, sensor_id="a"), 10, closed)  # sets the watermark
+        w.add(reading(T0 + 1_000, sensor_id="b"), 11, closed)
+        before = w.commit_floor()
 
         w.close_idle(35.0, closed)
 
-        assert (["a"], 11) == ([x.sensor_id for x in closed], w.commit_floor())
-
-    def test_never_above_the_reading_that_set_the_watermark(self) -> None:
-        """Even if its window closed idle, a replay must see the newest event again."""
-        w = windows(idle_s=30.0)
-        closed: list[SensorWindow] = []
-        w.add(reading(T0 + 9_000, sensor_id="a"), 10, 0.0, closed)  # sets the watermark
-        w.add(reading(T0 + 1_000, sensor_id="b"), 11, 20.0, closed)
-
-        w.close_idle(35.0, closed)
-
-        assert (["a"], 10) == ([x.sensor_id for x in closed], w.commit_floor())
+        assert (10, None) == (before, w.commit_floor())
 
 
 class TestManySensors:
@@ -330,7 +351,6 @@ class TestManySensors:
                 w.add(
                     reading(T0 + second * 1_000, sensor_id=f"sensor-{sensor:04d}", seq=second),
                     offset,
-                    0.0,
                     closed,
                 )
                 offset += 1
@@ -358,10 +378,8 @@ class TestNothingLost:
         for offset, step in enumerate(steps):
             clock += step
             event_time = max(T0, clock - jitter[offset])
-            accepted.append(
-                w.add(reading(event_time, sensor_id=sensors[offset]), offset, 0.0, closed)
-            )
-        w.add(reading(clock + 1_000_000, sensor_id="flush"), len(steps), 0.0, closed)
+            accepted.append(w.add(reading(event_time, sensor_id=sensors[offset]), offset, closed))
+        w.add(reading(clock + 1_000_000, sensor_id="flush"), len(steps), closed)
 
         assert all(accepted)
         assert len(steps) == sum(x.count for x in closed)

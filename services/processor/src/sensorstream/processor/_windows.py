@@ -2,10 +2,21 @@
 
 A reading with event time ``t`` belongs to the window ``[s, s + size)`` with
 ``s = t - t % size``. The partition's watermark is the largest event time seen minus
-the allowed lateness; a window closes when the watermark reaches its end, or when it
-has seen no reading for ``idle_timeout_s`` seconds of wall-clock time (so a sensor
-that goes silent still gets its final window). A reading for a window that has
-already closed is late and is not counted anywhere.
+the allowed lateness; a window closes when the watermark reaches its end. A reading
+for a window that has already closed is late and is not counted anywhere.
+
+Idle partitions (wall clock). The watermark only moves with readings, so when a
+whole partition goes quiet its last windows would never close. The idle timeout
+therefore applies to the *partition*, like Flink's idle sources: once the partition
+has received no record for ``idle_timeout_s`` seconds of wall-clock time (and its
+worker is caught up, which the runtime ensures), it is idle and its watermark jumps
+to the end of its newest open window, which closes *every* open window, oldest
+first. Afterwards nothing is open, so ``commit_floor()`` is None and the commit
+moves past everything read: a restart never replays, rebuilds and re-emits a window
+that closed idle. A reading for one of those windows that arrives later is late, as
+for any window the watermark passed. A single sensor that goes silent while others
+on its partition keep sending needs no timeout: their readings advance the
+watermark, which closes its window.
 
 All windows of a partition share their boundaries, so open windows are grouped by
 end (``dict[end] -> dict[sensor_id] -> window``) and the ends kept in a heap: the
@@ -44,7 +55,6 @@ class SensorWindow:
         "humidity_max",
         "humidity_min",
         "humidity_sum",
-        "last_seen",
         "last_seq",
         "sensor_id",
         "start",
@@ -53,9 +63,7 @@ class SensorWindow:
         "temperature_sum",
     )
 
-    def __init__(
-        self, reading: SensorReading, start: int, end: int, offset: int, now: float
-    ) -> None:
+    def __init__(self, reading: SensorReading, start: int, end: int, offset: int) -> None:
         temperature = reading.temperature
         humidity = reading.humidity
         self.sensor_id = reading.sensor_id
@@ -72,10 +80,8 @@ class SensorWindow:
         self.last_seq: int | None = reading.seq
         self.first_offset = offset
         """The smallest source offset that contributed: replay must start here."""
-        self.last_seen = now
-        """Wall-clock time (``time.time()``) of the latest contribution, for idle closing."""
 
-    def add(self, reading: SensorReading, now: float) -> None:
+    def add(self, reading: SensorReading) -> None:
         """Fold one more reading in."""
         # Hot path: attribute updates only.
         self.count += 1
@@ -94,7 +100,6 @@ class SensorWindow:
         seq = reading.seq
         if seq is not None:
             self.add_seq(seq)
-        self.last_seen = now
 
     def add_seq(self, seq: int) -> None:
         """Widen ``first_seq``..``last_seq`` to include ``seq``."""
@@ -164,6 +169,7 @@ class TumblingWindows:
         "_lateness_ms",
         "_open",
         "_size_ms",
+        "last_record_at",
         "max_event_time_offset",
         "next_end",
         "watermark",
@@ -179,9 +185,7 @@ class TumblingWindows:
         self._size_ms = size_ms
         self._lateness_ms = allowed_lateness_ms
         self._idle_timeout_s = idle_timeout_s
-        # A window closed early by the idle timeout stays in its group as None, so a
-        # straggler for it is recognised as late until the watermark drops the group.
-        self._by_end: dict[int, dict[str, SensorWindow | None]] = {}
+        self._by_end: dict[int, dict[str, SensorWindow]] = {}
         self._ends: list[int] = []
         self._open = 0
         self.watermark: int = NO_WATERMARK
@@ -190,15 +194,19 @@ class TumblingWindows:
         """The earliest end among the open window groups."""
         self.max_event_time_offset: int | None = None
         """Source offset of the reading that set the watermark (see ``commit_floor``)."""
+        self.last_record_at: float | None = None
+        """Wall-clock time (``time.time()``) the partition last received a record."""
 
     @property
     def open_windows(self) -> int:
         """How many sensor windows are open right now."""
         return self._open
 
-    def add(
-        self, reading: SensorReading, offset: int, now: float, closed: list[SensorWindow]
-    ) -> bool:
+    def touch(self, now: float) -> None:
+        """Note that the partition received records at wall-clock time ``now``."""
+        self.last_record_at = now
+
+    def add(self, reading: SensorReading, offset: int, closed: list[SensorWindow]) -> bool:
         """Put ``reading`` into its window; False if it is late (its window has closed).
 
         Windows the advancing watermark closes are appended to ``closed``, oldest first.
@@ -240,11 +248,8 @@ class TumblingWindows:
                     window.last_seq = seq
                 else:
                     window.add_seq(seq)
-            window.last_seen = now
-        elif sensor_id in group:  # closed early by the idle timeout
-            return False
         else:
-            group[sensor_id] = SensorWindow(reading, end - size, end, offset, now)
+            group[sensor_id] = SensorWindow(reading, end - size, end, offset)
             self._open += 1
         if event_time - self._lateness_ms > watermark:
             self.watermark = watermark = event_time - self._lateness_ms
@@ -259,47 +264,50 @@ class TumblingWindows:
         by_end = self._by_end
         while ends and ends[0] <= watermark:
             group = by_end.pop(heapq.heappop(ends))
-            for window in group.values():
-                if window is not None:
-                    closed.append(window)
-                    self._open -= 1
+            closed.extend(group.values())
+            self._open -= len(group)
         self.next_end = ends[0] if ends else _NO_END
 
+    def idle(self, now: float) -> bool:
+        """True if windows are open and no record arrived for the idle timeout."""
+        last = self.last_record_at
+        return self._open > 0 and (last is None or now - last >= self._idle_timeout_s)
+
     def close_idle(self, now: float, closed: list[SensorWindow]) -> None:
-        """Close windows that have seen no reading for the idle timeout (one scan)."""
-        deadline = now - self._idle_timeout_s
-        for end in sorted(self._by_end):
-            group = self._by_end[end]
-            for sensor_id, window in group.items():
-                if window is not None and window.last_seen <= deadline:
-                    closed.append(window)
-                    group[sensor_id] = None
-                    self._open -= 1
+        """If the partition is idle at ``now``, close every open window (see module doc).
+
+        The watermark moves to the end of the newest open window; it is then no longer
+        set by a reading, so a replay need not reach it (``max_event_time_offset`` is
+        cleared and stops holding the commit floor back).
+        """
+        if not self.idle(now):
+            return
+        watermark = max(self._by_end)
+        self.watermark = watermark
+        self.max_event_time_offset = None
+        self._close_through(watermark, closed)
 
     def commit_floor(self) -> int | None:
         """The smallest source offset a replay must start from, or None if none is needed.
 
         That is the first offset of the oldest open window, but never past the reading
-        that set the watermark (which matters only once that reading's window closed
-        idle): a replay from here reaches the same watermark, so the windows that closed
-        before a restart close again during the replay, where their output is
-        suppressed, instead of being emitted a second time.
+        that set the watermark: a replay from here reaches the same watermark, so the
+        windows that closed before a restart close again during the replay, where their
+        output is suppressed, instead of being emitted a second time. After an idle
+        close nothing is open and the answer is None until new windows open.
         """
         if self._open == 0:
             return None
         floor = self.max_event_time_offset
         for group in self._by_end.values():
-            # Windows enter a group in offset order, so the first open one is the oldest.
+            # Windows enter a group in offset order, so the first one is the oldest.
             for window in group.values():
-                if window is not None:
-                    if floor is None or window.first_offset < floor:
-                        floor = window.first_offset
-                    break
+                if floor is None or window.first_offset < floor:
+                    floor = window.first_offset
+                break
         return floor
 
     def __iter__(self) -> Iterator[SensorWindow]:
         """The open windows, oldest group first (for tests and diagnostics)."""
         for end in sorted(self._by_end):
-            for window in self._by_end[end].values():
-                if window is not None:
-                    yield window
+            yield from self._by_end[end].values()

@@ -74,7 +74,9 @@ class ProcessorSettings(ServiceSettings):
     idle_timeout: float = Field(
         30.0,
         gt=0,
-        description="Wall-clock seconds after which a silent sensor's open window is closed.",
+        description="Wall-clock seconds without any record on a partition after which it is "
+        "idle and all its open windows close (once its worker is caught up); a sensor that "
+        "goes quiet while others on its partition send is closed by their watermark.",
     )
     dead_letter_late: bool = Field(
         False, description="Also send events later than the allowed lateness to the DLQ."
