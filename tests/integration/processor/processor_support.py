@@ -252,6 +252,27 @@ def seq_gaps(aggs: list[WindowAggregate], per_sensor: int) -> list[str]:
     return problems
 
 
+def overcounted(aggregates: Iterable[WindowAggregate], *, exact: bool) -> list[str]:
+    """Aggregates counting more readings than their seq span holds (each seq produced once).
+
+    With ``exact`` (no restart or rebalance in the run) the count must equal the span:
+    a reading counted twice in one window shows up here even if deduplication would
+    hide it. In general a count may only be lower (a partial aggregate before a crash).
+    """
+    problems = []
+    for agg in aggregates:
+        if agg.first_seq is None or agg.last_seq is None:
+            problems.append(f"{agg.sensor_id} window {agg.window_start} has no seq range")
+            continue
+        span = agg.last_seq - agg.first_seq + 1
+        if agg.count > span or (exact and agg.count != span):
+            problems.append(
+                f"{agg.sensor_id} window {agg.window_start}: count {agg.count} for seqs "
+                f"{agg.first_seq}..{agg.last_seq}"
+            )
+    return problems
+
+
 async def wait_for_aggregates(
     bootstrap: str,
     topic: str,

@@ -17,6 +17,7 @@ from processor_support import (
     counts,
     deduplicated,
     make_input,
+    overcounted,
     produce_readings,
     read_aggregates,
     seq_gaps,
@@ -33,7 +34,15 @@ PER_SENSOR = 250  # 3,000 events, 5 s of event time per sensor at 20 ms steps
 RATE = 600.0
 
 
-def assert_complete(aggregates: list, sensors: int = SENSORS, per_sensor: int = PER_SENSOR) -> None:
+def assert_complete(
+    aggregates: list,
+    sensors: int = SENSORS,
+    per_sensor: int = PER_SENSOR,
+    *,
+    restarted: bool = True,
+) -> None:
+    """Every seq of every sensor in exactly one window; no aggregate counts a reading twice."""
+    assert [] == overcounted(aggregates, exact=not restarted)
     per = deduplicated(aggregates)
     assert {f"sensor-{s:04d}": per_sensor for s in range(sensors)} == counts(per)
     assert {} == {s: gaps for s, aggs in per.items() if (gaps := seq_gaps(aggs, per_sensor))}
@@ -168,7 +177,7 @@ class TestPoisonEvents:
             finally:
                 await producer.stop()
             aggregates = await wait_for_aggregates(kafka_bootstrap, topics.aggregates, good)
-            assert_complete(aggregates, sensors=3, per_sensor=len(corpus))
+            assert_complete(aggregates, sensors=3, per_sensor=len(corpus), restarted=False)
 
             from kafka_helpers import consume_all
 
@@ -221,7 +230,7 @@ class TestSlowHandler:
                 kafka_bootstrap, topics.input, sensors=6, per_sensor=60, rate=300
             )
             aggregates = await wait_for_aggregates(kafka_bootstrap, topics.aggregates, sent)
-            assert_complete(aggregates, sensors=6, per_sensor=60)
+            assert_complete(aggregates, sensors=6, per_sensor=60, restarted=False)
             event_ids = [line.split()[0] for line in handled.read_text().splitlines()]
             assert (sent, sent) == (len(event_ids), len(set(event_ids)))
             assert 1 == processor.metric("sensorstream_processor_rebalances_total")

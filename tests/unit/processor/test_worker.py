@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from sensorstream.processor._metrics import ProcessorMetrics
 from sensorstream.processor._pipeline import OutputRecord, PartitionPipeline, PipelineConfig
@@ -21,6 +22,7 @@ from sensorstream.schema import (
     Rejection,
     RejectReason,
     SensorReading,
+    decode_aggregate,
     encode_reading,
 )
 
@@ -160,6 +162,32 @@ class TestHandler:
         await drain(worker, 1)
         await worker.stop(1.0)
         assert ([0], 1) == (handler.calls, len(sink.sent))
+
+
+class TestFeed:
+    async def test_an_offset_fed_twice_is_counted_once(self) -> None:
+        """A fetch overlapping an earlier one reaches the window once per offset."""
+        worker, sink = make_worker()
+        worker.start()
+        worker.feed([record(i, i, event_time=BASE + i) for i in range(3)])
+        worker.feed([record(i, i, event_time=BASE + i) for i in range(1, 5)])
+        worker.feed([record(i, i, event_time=BASE + i) for i in range(2, 4)])
+        worker.feed([record(5, 5, event_time=BASE + 2_000)])
+        await drain(worker, 6)
+        await worker.stop(1.0)
+        aggregate = decode_aggregate(sink.sent[0].value or b"")
+        assert (5, 0, 4) == (aggregate.count, aggregate.first_seq, aggregate.last_seq)
+
+    async def test_logs_dropped_refed_records(self) -> None:
+        """Dropping re-fed records is logged with partition and offsets."""
+        worker, _ = make_worker()
+        worker.feed([record(0, 0, event_time=BASE), record(1, 1, event_time=BASE)])
+        with capture_logs() as logs:
+            worker.feed([record(1, 1, event_time=BASE), record(2, 2, event_time=BASE)])
+        assert [("records_refed_dropped", 0, 1, 2, 1)] == [
+            (e["event"], e["partition"], e["offset"], e["fed_until"], e["dropped"]) for e in logs
+        ]
+        assert 3 == worker.depth
 
 
 class TestBackpressure:

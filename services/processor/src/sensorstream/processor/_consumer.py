@@ -152,7 +152,13 @@ class ProcessorConsumer:
             for tp, records in batches.items():
                 worker = workers.get(tp)
                 if worker is None:
-                    continue  # revoked while the fetch was in flight
+                    # aiokafka marks a partition fetchable before on_assigned has read
+                    # its committed offset and started the worker. If it is ours, give
+                    # the records back (rewind): on_assigned's seek or the worker gets
+                    # them again; without a commit they would otherwise be skipped.
+                    if tp in consumer.assignment():
+                        consumer.seek(tp, records[0].offset)
+                    continue
                 worker.feed(records)
                 if worker.buffer_full and not worker.paused:
                     consumer.pause(tp)

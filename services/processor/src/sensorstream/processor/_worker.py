@@ -104,6 +104,8 @@ class PartitionWorker:
         """Set by the fetch loop when it paused this partition; the worker resumes it."""
         self.next_offset: int | None = None
         """Offset after the last record whose outputs are acknowledged."""
+        self.fed_until: int | None = None
+        """Offset after the last record handed to this worker (see ``feed``)."""
         self.last_event_time: int | None = None
         """Event time (epoch ms) of the newest processed valid event (lag in seconds)."""
         self.committed: tuple[int, str] | None = None
@@ -117,7 +119,28 @@ class PartitionWorker:
 
     # -- fed by the fetch loop ------------------------------------------------------
     def feed(self, records: Sequence[Any]) -> None:
-        """Queue fetched records (in offset order) for processing."""
+        """Queue fetched records (in offset order) for processing.
+
+        An offset is fed at most once: records below the end of what was already fed
+        (a fetch overlapping an earlier one) are dropped, so no reading can be counted
+        twice in a window, whatever the client does around seeks and rebalances.
+        """
+        if not records:
+            return
+        fed_until = self.fed_until
+        if fed_until is not None and records[0].offset < fed_until:
+            fresh = [r for r in records if r.offset >= fed_until]
+            log.warning(
+                "records_refed_dropped",
+                partition=self.tp.partition,
+                offset=records[0].offset,
+                fed_until=fed_until,
+                dropped=len(records) - len(fresh),
+            )
+            if not fresh:
+                return
+            records = fresh
+        self.fed_until = records[-1].offset + 1
         self._chunks.append(records)
         self.depth += len(records)
         self._wakeup.set()
