@@ -9,11 +9,14 @@ import socket
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import kafkactl
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from kafka_helpers import consume_all, new_topic_name
@@ -36,6 +39,38 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[kafkactl.KafkaCluster]:
+    """A single-node broker of this test's own, which the test may kill."""
+    data_dir = tmp_path / "kafka"
+    ports: set[int] = set()
+    while len(ports) < 2:
+        ports.add(kafkactl.free_port())
+    low, high = sorted(ports)
+    try:
+        yield kafkactl.start(ports=[low], controller_ports=[high], data_dir=data_dir)
+    finally:
+        kafkactl.stop(data_dir)
+
+
+async def _producer_process(bootstrap: str, topic: str, *argv: str) -> asyncio.subprocess.Process:
+    """``python -m sensorstream.producer`` logging JSON to a pipe."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sensorstream.producer",
+        "--bootstrap-servers", bootstrap, "--topic", topic,
+        "--metrics-port", str(_free_port()), "--log-format", "json", *argv,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+async def _collect_log(stream: asyncio.StreamReader, lines: list[dict[str, Any]]) -> None:
+    """Append every JSON log line of ``stream`` to ``lines`` until it closes."""
+    while raw := await stream.readline():
+        if raw.startswith(b"{"):
+            lines.append(orjson.loads(raw))
 
 
 def _seqs_by_sensor(records: Sequence[Any]) -> dict[str, list[int]]:
@@ -137,6 +172,46 @@ class TestShutdown:
         assert len(records) >= final["acked"] > 5000
         for sensor_seqs in _seqs_by_sensor(records).values():
             assert list(range(len(sensor_seqs))) == sensor_seqs
+
+    async def test_broker_gone_exits_nonzero_within_timeout(
+        self, own_broker: kafkactl.KafkaCluster
+    ) -> None:
+        """Broker killed, then SIGTERM: exit 1 within --shutdown-timeout, naming the lost count."""
+        shutdown_timeout = 4.0
+        process = await _producer_process(
+            own_broker.bootstrap, new_topic_name("producer-broker-gone"),
+            "--rate", "2000", "--sensors", "50", "--summary-interval", "1",
+            "--shutdown-timeout", str(shutdown_timeout),
+        )  # fmt: skip
+        assert process.stderr is not None
+        lines: list[dict[str, Any]] = []
+        reader = asyncio.create_task(_collect_log(process.stderr, lines))
+        try:
+            deadline = time.monotonic() + 60
+            while not any(line.get("event") == "producer_summary" and line["acked"] > 0
+                          for line in lines):  # fmt: skip
+                assert time.monotonic() < deadline, lines
+                assert not reader.done(), lines
+                await asyncio.sleep(0.05)
+            for node in own_broker.nodes:
+                os.killpg(node.pid, signal.SIGKILL)  # hard: no controlled shutdown
+            await asyncio.sleep(1.0)  # the producer keeps sending into the void
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            exit_code = await asyncio.wait_for(process.wait(), 120)
+            took = time.monotonic() - signalled
+            await asyncio.wait_for(reader, 10)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        final = lines[-1]
+        lost = final["sent"] - final["acked"]
+        assert (1, "producer_stopped_with_losses") == (exit_code, final["event"]), lines[-5:]
+        assert lost > 0
+        assert lost == final["unacknowledged"]
+        assert f"{lost} events were not acknowledged" in final["message"]
+        assert took < shutdown_timeout + 3.0, f"exit took {took:.1f}s"
 
 
 class TestStartupFailure:

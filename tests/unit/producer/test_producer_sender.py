@@ -151,6 +151,23 @@ class TestAccounting:
         await sender.send(_records(3), 1)
         assert (3, 0, 3) == (sender.counts.sent, sender.counts.acked, sender.counts.failed)
 
+    async def test_cancelled_send_leaves_its_events_in_flight(self) -> None:
+        """A send cancelled while waiting for a slot still accounts for every event it got."""
+        producer = FakeProducer(capacity=1)
+        sender, _ = _sender(producer, partitions=1, max_in_flight_batches=2)
+        task = asyncio.create_task(sender.send(_records(5), 1))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.wait({task})
+        counts = sender.counts
+        assert (2, 5, 0, 0, 5) == (
+            len(producer.sent),
+            counts.sent,
+            counts.acked,
+            counts.failed,
+            counts.in_flight,
+        )
+
     async def test_flush_times_out_with_batches_in_flight(self) -> None:
         """flush reports False when acknowledgements do not come in time."""
         producer = FakeProducer()

@@ -46,7 +46,11 @@ def error_kind(exc: BaseException) -> str:
 
 @dataclass(slots=True)
 class DeliveryCounts:
-    """Events by delivery state; ``sent - acked - failed`` are in flight."""
+    """Events by delivery state; ``sent - acked - failed`` are in flight.
+
+    ``sent`` counts events handed to :meth:`BatchSender.send`, including any still
+    waiting there for a free batch slot.
+    """
 
     sent: int = 0
     acked: int = 0
@@ -136,6 +140,11 @@ class BatchSender:
         """Queue ``records`` (key, value) in per-partition batches; waits while too many fly."""
         if not records:
             return
+        # Counted as sent on entry: if this call is cancelled while it waits for a slot
+        # (shutdown with the broker gone), what it never handed over shows as in flight,
+        # i.e. unacknowledged, instead of vanishing from the accounting.
+        self.counts.sent += len(records)
+        self._metrics.events_sent.inc(len(records))
         by_partition: list[list[tuple[bytes, bytes]]] = [[] for _ in range(self._partitions)]
         partition_of = self._partition_of
         for record in records:
@@ -173,8 +182,6 @@ class BatchSender:
 
     async def _submit(self, batch: Any, partition: int, events: int) -> None:
         await self._slots.acquire()
-        self.counts.sent += events
-        self._metrics.events_sent.inc(events)
         self._metrics.batch_size.observe(events)
         enqueued = self._clock()
         try:

@@ -5,9 +5,10 @@ producer (retried for ``startup_timeout``). Then one loop on one task: every tic
 asks the pacer how many events are due, generates and encodes them in one call, and
 hands them to the sender in per-partition batches; there is never an await per event.
 A reporter task updates the rate gauges every second and logs a summary line every
-``summary_interval``. On a stop request it stops generating, waits up to
-``shutdown_timeout`` for what is in flight, logs the final summary and returns 0, or 1
-if events were left unacknowledged.
+``summary_interval``. On a stop request it stops generating, waits for what is in
+flight until ``shutdown_timeout`` after the request (also when the broker is gone and a
+send is stuck waiting for a batch slot), logs the final summary and returns 0, or 1 if
+events were left unacknowledged.
 """
 
 from __future__ import annotations
@@ -232,15 +233,30 @@ class ProducerService:
 
     async def _produce_and_drain(self) -> int:
         reporter = asyncio.create_task(self._report())
+        producing = asyncio.create_task(
+            self._produce_max() if self.pacer is None else self._produce_paced(self.pacer)
+        )
+        stopped = asyncio.create_task(self.stop.wait())
         try:
-            if self.pacer is None:
-                await self._produce_max()
-            else:
-                await self._produce_paced(self.pacer)
+            await asyncio.wait({producing, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            # One deadline for the whole shutdown, from the stop request (or the end of a
+            # bounded run). The loop sees the stop at its next tick, unless a send is
+            # waiting for a batch slot that a dead broker never frees: then it is
+            # cancelled at the deadline and what it held counts as unacknowledged.
+            deadline = time.monotonic() + self.settings.shutdown_timeout
+            if not producing.done():
+                await asyncio.wait({producing}, timeout=self.settings.shutdown_timeout)
+            if not producing.done():
+                producing.cancel()
+                await asyncio.wait({producing})
+                log.warning("producing_cancelled", reason="no batch slot freed before the deadline")
+            if not producing.cancelled():
+                producing.result()  # re-raises what ended the loop, if anything did
         finally:
             self._stopping = True
-            reporter.cancel()
-        return await self._drain()
+            for task in (reporter, stopped, producing):
+                task.cancel()
+        return await self._drain(deadline)
 
     async def _produce_paced(self, pacer: RatePacer) -> None:
         # One task, one loop: wake every tick, emit what is due in one batch.
@@ -288,14 +304,17 @@ class ProducerService:
         # A plain sleep: waking on the stop event would cost a task per tick.
         await asyncio.sleep(delay)
 
-    async def _drain(self) -> int:
+    async def _drain(self, deadline: float) -> int:
         sender = self.sender
         assert sender is not None
         timeout = self.settings.shutdown_timeout
-        started = time.monotonic()
-        log.info("producer_draining", in_flight=sender.counts.in_flight, timeout=timeout)
-        flushed = await sender.flush(timeout)
-        remaining = max(0.1, timeout - (time.monotonic() - started))
+        log.info(
+            "producer_draining",
+            in_flight=sender.counts.in_flight,
+            timeout=round(max(0.0, deadline - time.monotonic()), 3),
+        )
+        flushed = await sender.flush(max(0.0, deadline - time.monotonic()))
+        remaining = max(0.1, deadline - time.monotonic())
         try:
             await asyncio.wait_for(self._producer.stop(), remaining)
         except (TimeoutError, KafkaError, OSError) as exc:
@@ -306,7 +325,8 @@ class ProducerService:
             "sent": counts.sent,
             "acked": counts.acked,
             "failed": counts.failed,
-            "unacknowledged": counts.in_flight,
+            "unacknowledged": counts.sent - counts.acked,
+            "in_flight": counts.in_flight,
             "failed_by_kind": dict(counts.failed_by_kind),
             "seconds": round(time.monotonic() - self._started_at, 3),
         }
@@ -316,8 +336,9 @@ class ProducerService:
         log.error(
             "producer_stopped_with_losses",
             **summary,
-            message=f"{counts.in_flight + counts.failed} events were not acknowledged "
-            f"({counts.in_flight} still in flight after {timeout:g}s, {counts.failed} failed)",
+            message=f"{counts.sent - counts.acked} events were not acknowledged "
+            f"({counts.in_flight} still in flight at the {timeout:g}s shutdown deadline, "
+            f"{counts.failed} failed)",
         )
         return EXIT_FATAL
 
