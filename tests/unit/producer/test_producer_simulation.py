@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import random
 import uuid
 from collections import defaultdict
 
 import orjson
 import pytest
 
-from sensorstream.producer._simulation import SensorFleet, event_id_from_bits, sensor_ids
-from sensorstream.schema import SensorReading, decode_reading
+from sensorstream.producer._simulation import SensorFleet, event_ids, sensor_ids
+from sensorstream.schema import SensorReading, decode_reading, encode_reading
 
 T0 = 1_700_000_000_000
 
@@ -120,16 +121,48 @@ class TestSensorFleetSignal:
 
 
 class TestHelpers:
-    def test_event_id_from_bits(self) -> None:
-        """128 bits become a canonical v4 UUID string with the version and variant bits set."""
-        text = event_id_from_bits(0)
-        assert "00000000-0000-4000-8000-000000000000" == text
-        assert str(uuid.UUID(text)) == text
+    def test_event_ids_all_zero_bits(self) -> None:
+        """Zero bytes become the nil UUID with only the version and variant bits set."""
+        assert b"00000000-0000-4000-8000-000000000000" == event_ids(bytes(16))
+
+    def test_event_ids_match_the_uuid_module(self) -> None:
+        """Each 16 bytes become what ``uuid.UUID(bytes=..., version=4)`` spells."""
+        data = random.Random(7).randbytes(16 * 300)
+        expected = [
+            str(uuid.UUID(bytes=data[k : k + 16], version=4)) for k in range(0, len(data), 16)
+        ]
+        text = event_ids(data).decode()
+        assert expected == [text[k : k + 36] for k in range(0, len(text), 36)]
+
+    @pytest.mark.parametrize("size", [0, 15, 17])
+    def test_event_ids_need_whole_ids(self, size: int) -> None:
+        """Anything but a positive multiple of 16 bytes is refused or empty."""
+        if size == 0:
+            assert b"" == event_ids(b"")
+        else:
+            with pytest.raises(ValueError, match="multiple of 16"):
+                event_ids(bytes(size))
 
     def test_sensor_ids_pad_to_common_width(self) -> None:
         """Ids sort in sensor order: padded to 4 digits, or more for large fleets."""
         assert ["sensor-0000", "sensor-0001"] == sensor_ids(2)
         assert "sensor-12345" == sensor_ids(12_346)[-1]
+
+    def test_same_json_as_the_schema_encoder(self) -> None:
+        """Every value parses to exactly what ``encode_reading`` writes for its reading."""
+        fleet = SensorFleet(40, seed=6, anomaly_probability=0.3)
+        for _, value in fleet.generate(4_000, T0):
+            reading = decode_reading(value)
+            assert isinstance(reading, SensorReading), reading
+            assert orjson.loads(encode_reading(reading)) == orjson.loads(value)
+
+    def test_values_have_two_decimals(self) -> None:
+        """Temperatures and humidities are given to 0.01, as floats."""
+        for _, value in SensorFleet(10, seed=2, anomaly_probability=0.2).generate(1_000, T0):
+            fields = orjson.loads(value)
+            for name in ("temperature", "humidity"):
+                assert isinstance(fields[name], float)
+                assert round(fields[name], 2) == fields[name]
 
     def test_wire_keys(self) -> None:
         """The JSON has exactly the v1 keys."""
