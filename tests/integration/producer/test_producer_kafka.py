@@ -108,7 +108,23 @@ class TestPacedRun:
         assert 37 == len(seqs)
         for sensor_seqs in seqs.values():
             assert list(range(len(sensor_seqs))) == sensor_seqs
-        assert 10_000 == len({orjson.loads(r.value)["event_id"] for r in records})
+        values = [orjson.loads(r.value) for r in records]
+        assert 10_000 == len({v["event_id"] for v in values})
+
+    async def test_event_times_follow_the_schedule(self, kafka_bootstrap: str) -> None:
+        """Event times come from the schedule: exactly --rate events in each second of the run."""
+        topic = new_topic_name("producer-schedule")
+        settings = _settings(kafka_bootstrap, topic, "--rate", "1000", "--duration", "3")
+        service = ProducerService(settings, StopSignal(), registry=CollectorRegistry())
+        assert 0 == await asyncio.wait_for(service.run(), 60)
+        records = await consume_all(kafka_bootstrap, topic, timeout=30)
+        times = [orjson.loads(r.value)["event_time"] for r in records]
+        start = min(times)
+        per_second = [0, 0, 0, 0]
+        for event_time in times:
+            per_second[(event_time - start) // 1000] += 1
+        assert [1000, 1000, 1000, 0] == per_second
+        assert times == [r.timestamp for r in records]
 
 
 class TestObservability:

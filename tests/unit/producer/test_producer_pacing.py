@@ -10,6 +10,7 @@ from sensorstream.producer._pacing import (
     PoissonProfile,
     RatePacer,
     SineProfile,
+    TickGrid,
 )
 
 
@@ -53,6 +54,16 @@ class TestConstantProfile:
         emitted = _run(pacer, clock, 10.0, 0.005)
         assert 10_001 == first + sum(emitted)
         assert {5} == set(emitted)
+
+    def test_before_excludes_the_event_at_now(self) -> None:
+        """With ``before`` an event exactly at ``now`` waits for the next call."""
+        pacer, clock = _pacer(ConstantProfile(10.0))
+        assert 0 == pacer.due(before=True)
+        clock.now += 0.1
+        assert 1 == pacer.due(before=True)
+        clock.now += 0.05
+        assert 1 == pacer.due(before=True)
+        assert 0 == pacer.due(before=True)
 
     def test_slow_rate(self) -> None:
         """At 0.1/s the second event comes exactly 10 s after the first."""
@@ -154,6 +165,16 @@ class TestPoissonProfile:
         assert limit == total
         assert free.due() == total
 
+    def test_before_gives_the_same_arrivals(self) -> None:
+        """Asked with ``before`` tick by tick, a bounded run hands out exactly its limit."""
+        pacer, clock = _pacer(PoissonProfile(300.0, seed=5), duration=2.0)
+        origin = clock.now
+        total = 0
+        for i in range(1, 301):
+            clock.now = origin + i * 0.01
+            total += pacer.due(before=True)
+        assert (pacer.limit, True) == (total, pacer.finished)
+
 
 class TestSineProfile:
     def test_full_period_averages_the_rate(self) -> None:
@@ -229,3 +250,41 @@ class TestRatePacerStart:
         pacer = RatePacer(ConstantProfile(1.0), clock=FakeClock())
         with pytest.raises(RuntimeError, match="start"):
             pacer.due()
+
+
+class TestTickGrid:
+    def test_ticks_on_time_follow_the_grid(self) -> None:
+        """A loop that keeps up serves 0, 5, 10 ms ... after the start."""
+        grid = TickGrid(100.0, interval=0.005, max_lag=1.0)
+        ticks = [grid.take(100.0 + 0.005 * k + 0.0004) for k in range(4)]
+        assert [100.0, 100.005, 100.01, 100.015] == pytest.approx(ticks)
+        assert 0.0 == grid.behind(100.016)
+
+    def test_pause_replays_missed_ticks_with_their_times(self) -> None:
+        """After a 70 ms pause the missed ticks come one by one, each with its own time."""
+        grid = TickGrid(0.0, interval=0.005, max_lag=1.0)
+        grid.take(0.0)
+        assert 0.066 == pytest.approx(grid.behind(0.071))
+        ticks = [grid.take(0.071) for _ in range(15)]
+        assert [0.005 * k for k in range(1, 16)] == pytest.approx(ticks)
+        assert 0.0 == grid.behind(0.071)
+
+    def test_far_behind_jumps_to_now(self) -> None:
+        """More than ``max_lag`` behind, the grid restarts at now instead of replaying."""
+        grid = TickGrid(0.0, interval=0.005, max_lag=1.0)
+        grid.take(0.0)
+        assert 5.0 == grid.take(5.0)
+        assert 5.005 == pytest.approx(grid.take(5.0))
+
+    def test_pacer_at_ticks_gives_the_schedule_per_tick(self) -> None:
+        """Asked for what was due before each tick, the pacer gives each interval's events."""
+        pacer, _ = _pacer(ConstantProfile(1_000.0))
+        grid = TickGrid(pacer.started_at, interval=0.005, max_lag=1.0)
+        late = pacer.started_at + 0.5  # the loop only runs half a second late
+        per_tick = [pacer.due(grid.take(late), before=True) for _ in range(201)]
+        assert [0] + [5] * 200 == per_tick
+
+    def test_bad_interval(self) -> None:
+        """A lag bound shorter than a tick makes no sense."""
+        with pytest.raises(ValueError, match="interval"):
+            TickGrid(0.0, interval=0.01, max_lag=0.001)

@@ -13,6 +13,7 @@ tests drive the pacer with a fake one. This module does no I/O and never logs.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from typing import Protocol
@@ -25,6 +26,7 @@ __all__ = [
     "RatePacer",
     "RateProfile",
     "SineProfile",
+    "TickGrid",
 ]
 
 
@@ -128,7 +130,8 @@ class PoissonProfile:
     """A Poisson process of mean ``rate``: exponential gaps drawn from a seeded RNG.
 
     Arrival times are absolute, so catching up works as for the other profiles. Queries
-    must come with non-decreasing ``elapsed`` (the pacer's do).
+    (``scheduled`` and ``scheduled_before`` alike) must come with non-decreasing times,
+    as the pacer's do; to look ahead, query a copy.
     """
 
     def __init__(self, rate: float, *, seed: int | None = None) -> None:
@@ -155,14 +158,9 @@ class PoissonProfile:
         return self._advance(elapsed, inclusive=True)
 
     def scheduled_before(self, end: float) -> int:
-        # The total of a run of ``end`` seconds: drawing ahead is fine, as every later
-        # query is for an earlier or equal time and is capped by the pacer's limit.
-        rng_state = self._rng.getstate()
-        arrival, arrived = self._next_arrival, self._arrived
-        total = self._advance(end, inclusive=False)
-        self._rng.setstate(rng_state)
-        self._next_arrival, self._arrived = arrival, arrived
-        return total
+        if end <= 0:
+            return 0
+        return self._advance(end, inclusive=False)
 
     def rate_at(self, elapsed: float) -> float:
         return self.rate
@@ -188,7 +186,8 @@ class RatePacer:
         self._duration = duration
         limit = count
         if duration is not None:
-            in_duration = profile.scheduled_before(duration)
+            # From a copy: a profile with random state (poisson) must not draw ahead.
+            in_duration = copy.deepcopy(profile).scheduled_before(duration)
             limit = in_duration if limit is None else min(limit, in_duration)
         self.limit = limit
         self.emitted = 0
@@ -210,10 +209,17 @@ class RatePacer:
     def elapsed(self, now: float | None = None) -> float:
         return (self._clock() if now is None else now) - self.started_at
 
-    def due(self, now: float | None = None, *, limit: int | None = None) -> int:
-        """How many events to emit now (at most ``limit``); they count as emitted."""
+    def due(
+        self, now: float | None = None, *, limit: int | None = None, before: bool = False
+    ) -> int:
+        """How many events to emit now (at most ``limit``); they count as emitted.
+
+        Those scheduled at times up to ``now``, or with ``before`` strictly before it
+        (then a loop asking at ticks T gets the events of each interval [T - tick, T)).
+        """
         elapsed = self.elapsed(now)
-        total = self.profile.scheduled(elapsed)
+        profile = self.profile
+        total = profile.scheduled_before(elapsed) if before else profile.scheduled(elapsed)
         if self.limit is not None and total > self.limit:
             total = self.limit
         owed = total - self.emitted
@@ -236,3 +242,42 @@ class RatePacer:
     def finished(self) -> bool:
         """True once the bounded schedule (``count``/``duration``) has been handed out."""
         return self.limit is not None and self.emitted >= self.limit
+
+
+class TickGrid:
+    """The nominal times the producing loop serves: a grid of ``interval`` s from ``start``.
+
+    Each :meth:`take` returns the next tick T on the grid. The loop asks the pacer what
+    was due *before* T and stamps those events with T - interval, the start of the
+    interval their schedule fell in, not the moment the process got the CPU back: after a pause
+    (the process was descheduled for 70 ms, say) the missed ticks are served one after
+    another, each with its own time. A loop more than ``max_lag`` behind stops replaying
+    and jumps to ``now``, so timestamps never trail the wall clock by more than that.
+    """
+
+    def __init__(self, start: float, *, interval: float, max_lag: float) -> None:
+        if interval <= 0 or max_lag < interval:
+            raise ValueError(f"need 0 < interval <= max_lag, got {interval}, {max_lag}")
+        self.start = start
+        self.interval = interval
+        self.max_lag = max_lag
+        self._index = 0
+        self._base = start
+
+    @property
+    def next_at(self) -> float:
+        """When the next tick is due."""
+        return self._base + self._index * self.interval
+
+    def take(self, now: float) -> float:
+        """The tick to serve now (the next on the grid, or ``now`` if too far behind)."""
+        tick = self.next_at
+        if now - tick > self.max_lag:
+            # Re-anchor the grid at now rather than accumulate float error by adding.
+            self._base, self._index, tick = now, 0, now
+        self._index += 1
+        return tick
+
+    def behind(self, now: float) -> float:
+        """Seconds the next tick is overdue at ``now`` (0 while the loop keeps up)."""
+        return max(0.0, now - self.next_at)

@@ -42,6 +42,7 @@ from ._pacing import (
     RatePacer,
     RateProfile,
     SineProfile,
+    TickGrid,
 )
 from ._sender import BatchSender
 from ._simulation import SensorFleet
@@ -52,6 +53,8 @@ __all__ = ["EXIT_OK", "ProducerService", "build_profile", "package_version", "ru
 EXIT_OK = 0
 TICK_SECONDS = 0.005
 """How often the loop wakes to emit what is due."""
+MAX_TICK_LAG_SECONDS = 1.0
+"""After a pause, missed ticks are replayed (keeping their times) up to this far back."""
 MAX_EVENTS_PER_TICK = 10_000
 """Cap per tick so a big backlog is worked off in steps, each yielding to the loop."""
 MAX_RATE_BATCH = 5_000
@@ -102,6 +105,7 @@ class ProducerService:
         )
         rate = settings.rate_per_second
         self.pacer: RatePacer | None = None
+        self.grid: TickGrid | None = None
         if rate is not None:
             self.pacer = RatePacer(
                 build_profile(settings, rate),
@@ -265,20 +269,23 @@ class ProducerService:
         assert sender is not None
         stop = self.stop
         monotonic = time.monotonic
-        wall_ms = time.time_ns
+        # Event times are the schedule's ticks on the wall clock: the wall time at the
+        # start plus monotonic offsets (a clock step never reorders them).
         pacer.start()
-        next_tick = pacer.started_at
+        wall_start_ms = time.time_ns() / 1_000_000
+        grid = TickGrid(pacer.started_at, interval=TICK_SECONDS, max_lag=MAX_TICK_LAG_SECONDS)
+        self.grid = grid
         while not stop.is_set() and not pacer.finished:
-            due = pacer.due(monotonic(), limit=MAX_EVENTS_PER_TICK)
+            tick = grid.take(monotonic())
+            due = pacer.due(tick, limit=MAX_EVENTS_PER_TICK, before=True)
             if due:
-                now_ms = wall_ms() // 1_000_000
-                await sender.send(fleet.generate(due, now_ms), now_ms)
-            next_tick += TICK_SECONDS
-            delay = next_tick - monotonic()
+                # Due in [tick - TICK, tick): stamped with the start of that interval.
+                event_ms = round(wall_start_ms + (tick - TICK_SECONDS - grid.start) * 1000)
+                await sender.send(fleet.generate(due, event_ms), event_ms)
+            delay = grid.next_at - monotonic()
             if delay > 0:
                 await self._sleep_or_stop(delay)
             else:
-                next_tick = monotonic()
                 await asyncio.sleep(0)
 
     async def _produce_max(self) -> None:
@@ -375,6 +382,8 @@ class ProducerService:
             behind = 0.0
             if pacer is not None:
                 behind = pacer.behind_seconds(now)
+                if self.grid is not None:
+                    behind = max(behind, self.grid.behind(now))
                 metrics.target_rate.set(pacer.profile.rate_at(pacer.elapsed(now)))
             metrics.behind_schedule.set(behind)
             metrics.events_in_flight.set(counts.in_flight)
