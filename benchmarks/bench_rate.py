@@ -7,14 +7,14 @@ reads every record of the run back and measures:
 - total error: |events of the run - rate x D| / (rate x D), where an event counts
   only if its ``event_time`` lies in the run's D seconds [t0, t0 + D) (t0 = the first
   event time). Nothing is skipped or trimmed: these are exactly the run's events.
-- per-second error (the target): |events with event_time in second k - rate| / rate,
-  k = 0 .. D-1. ``event_time`` is the start of the 5 ms pacer tick the event was
-  scheduled in (docs/producer.md, "Event time"): this checks the stream the producer
-  promises, rate x 1 s of events per second of event time, whatever the scheduler did.
-- delivery (for information, no target): the same per-second error counted by broker
-  append time over the inner seconds 1 .. D-2, and the lag append time - event_time.
-  A ~70 ms descheduling pause across a second boundary moves ~7 % of a second's events
-  into the next second here, while event times and totals stay exact.
+- per-second error (the target): |events the broker appended in second k - rate| / rate
+  over the inner seconds 1 .. D-2 (the first and last are partial), by the broker's
+  ``LogAppendTime``: the producer's own clock and timestamps play no part in it, so a
+  descheduling pause or a slow send shows here.
+- for information: the same per-second error by ``event_time``, which is the start of
+  the 5 ms pacer tick the event was scheduled in (docs: "Event time"; exact by
+  construction unless the loop fell more than 1 s behind), and the lag append time -
+  event_time.
 
 Targets: total <= 0.1 %, p99 per-second <= 1 %. Prints markdown tables.
 
@@ -119,27 +119,27 @@ def main() -> int:
     finally:
         if data_dir is not None:
             kafkactl.stop(data_dir)
-    print(f"{seconds} s per rate, constant profile, every event of the run, by event time\n")
     print(
-        "| target ev/s | events in run | expected | total error "
-        "| p50 / p99 / max per-second error | ok |"
+        f"{seconds} s per rate, constant profile; per-second error by broker append time "
+        "(inner seconds)\n"
+    )
+    print(
+        "| target ev/s | events in run | expected | total error | p50 / p99 per-second error | ok |"
     )
     print("|---:|---:|---:|---:|---:|:-:|")
     for rate, r in results.items():
-        ok = r["total_error"] <= 0.001 and r["p99"] <= 0.01
+        ok = r["total_error"] <= 0.001 and r["delivery_p99"] <= 0.01
         print(
             f"| {rate:,} | {int(r['events']):,} | {int(r['expected']):,} | "
-            f"{r['total_error']:.3%} | {r['p50']:.2%} / {r['p99']:.2%} / {r['max']:.2%} | "
+            f"{r['total_error']:.3%} | {r['delivery_p50']:.2%} / {r['delivery_p99']:.2%} | "
             f"{'yes' if ok else 'NO'} |"
         )
-    print(
-        "\ndelivery, for information: by broker append time (inner seconds), lag after event time\n"
-    )
-    print("| target ev/s | p50 / p99 per-second error | lag p50 / p99 / max ms |")
+    print("\nfor information: per-second error by event time (the schedule), lag after it\n")
+    print("| target ev/s | p50 / p99 / max per-second error | lag p50 / p99 / max ms |")
     print("|---:|---:|---:|")
     for rate, r in results.items():
         print(
-            f"| {rate:,} | {r['delivery_p50']:.2%} / {r['delivery_p99']:.2%} | "
+            f"| {rate:,} | {r['p50']:.2%} / {r['p99']:.2%} / {r['max']:.2%} | "
             f"{r['lag_p50']:.0f} / {r['lag_p99']:.0f} / {r['lag_max']:.0f} |"
         )
     return 0
