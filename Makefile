@@ -70,7 +70,7 @@ BUILD_FORMAT := $(if $(findstring podman,$(CONTAINER)),--format docker,)
 
 .PHONY: run run-stop images compose-config
 
-run: prereqs sync
+run: sync
 	$(UV) run python deploy/local/stack.py --processors $(PROCESSORS) $(RUN_ARGS)
 
 run-stop: sync
