@@ -1,4 +1,4 @@
-"""decode_reading accepts exactly the v1 contract and never raises."""
+"""decode_reading accepts exactly the v1 contract and never raises; its two tiers agree."""
 
 import dataclasses
 import json
@@ -23,7 +23,7 @@ from sensorstream.schema import (
     parse_reading,
 )
 from sensorstream.schema._fields import check_fields
-from sensorstream.schema._reading import READING_FIELDS
+from sensorstream.schema._reading import READING_FIELDS, decode_reading_slow
 from sensorstream.schema.testing import malformed_corpus, readings, valid_payload
 
 READING = SensorReading(
@@ -61,6 +61,33 @@ near_valid_objects = st.fixed_dictionaries(
         "humidity": st.floats(-1.0, 101.0) | field_values,
     },
 )
+
+# Spellings that only the fast tier's JSON parser (msgspec) could read differently from
+# orjson: numbers, escapes, raw bytes, nesting, duplicates and unknown keys.
+json_number_texts = st.from_regex(
+    r"-?(0|[1-9][0-9]{0,25})(\.[0-9]{1,25})?([eE][-+]?[0-9]{1,3})?", fullmatch=True
+)
+event_id_texts = st.uuids().map(str) | st.from_regex(r"[0-9a-fA-Fg -]{34,38}", fullmatch=True)
+raw_bytes = st.sampled_from(
+    [b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x00", b"\x01", b"\\",
+     b'"', b"\\ud800", b"\\u0041", b"\\n", b" ", b"\t", b"\x0b", b"{", b"}", b"[", b",", b":",
+     b"-", b".", b"e", b"0", b"1e400", b"NaN", b"\xef\xbb\xbf"]
+)  # fmt: skip
+json_extras = st.dictionaries(
+    st.sampled_from(["seq", "x", "", "firmware", "temperature"]), json_values, max_size=2
+)
+
+
+def with_raw_value(field: str, raw: str) -> bytes:
+    """A valid event whose ``field`` holds the JSON text ``raw`` verbatim."""
+    return valid_payload(**{field: 0}).replace(f'"{field}":0'.encode(), f'"{field}":{raw}'.encode())
+
+
+def assert_tiers_agree(payload: bytes) -> None:
+    """decode_reading (fast tier first) gives exactly what the slow tier alone gives."""
+    expected = decode_reading_slow(payload)
+    actual = decode_reading(payload)
+    assert (expected, repr(expected)) == (actual, repr(actual))  # repr: -0.0 is not 0.0
 
 
 class TestEncodeReading:
@@ -234,6 +261,126 @@ class TestDecodeReading:
 
         assert isinstance(result, SensorReading)
         assert result.event_id == str(uuid.UUID(result.event_id))
+
+
+class TestDecodeReadingTiers:
+    def test_a_plain_valid_event_never_reaches_the_slow_tier(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The seven v1 keys with valid values are decoded by the msgspec tier alone."""
+
+        def refuse(data: object) -> object:
+            raise AssertionError("slow tier used")
+
+        monkeypatch.setattr("sensorstream.schema._reading.decode_reading_slow", refuse)
+
+        assert READING == decode_reading(encode_reading(READING))
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            valid_payload(firmware="2.1"),
+            valid_payload(temperature=500.0),
+            bytearray(valid_payload()),
+            b'{"sensor_id": 7, "temperature": 22.5, "humidity": 40.1, "timestamp": 1700000000}',
+        ],
+        ids=["extra-key", "out-of-range", "bytearray", "legacy-v0"],
+    )
+    def test_everything_else_is_left_to_the_slow_tier(
+        self, monkeypatch: pytest.MonkeyPatch, payload: bytes
+    ) -> None:
+        """Extra keys, bad values, other buffers and v0 events are the slow tier's to judge."""
+        calls = []
+
+        def record(data: object) -> Rejection:
+            calls.append(data)
+            return Rejection(RejectReason.EMPTY, "stub")
+
+        monkeypatch.setattr("sensorstream.schema._reading.decode_reading_slow", record)
+
+        decode_reading(payload)
+
+        assert [payload] == calls
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            valid_payload()[:-1] + b',"x":"\xff"}',  # msgspec skims skipped strings
+            valid_payload()[:-1] + b',"\xc0\xaf":1}',
+            valid_payload()[:-1] + b',"x":1e400}',  # and skipped numbers
+            valid_payload()[:-1] + b',"x":' + b"9" * 400 + b"}",
+            valid_payload()[:-1] + b',"x":' + b"[" * 3000 + b"]" * 3000 + b"}",
+            valid_payload(seq=[]).replace(b"[]", b"[" * 3000 + b"]" * 3000),
+            valid_payload().replace(b'"seq":41', b'"seq":1,"seq":41'),
+            valid_payload().replace(b'"seq":41', b'"seq":-1,"seq":41'),
+            valid_payload().replace(b'"seq":41', b'"seq":41,"seq":-1'),
+            valid_payload().replace(b'"seq"', b'"\\u0073eq"'),
+            valid_payload(seq=None),
+            valid_payload(seq=2**63),
+            valid_payload(seq=2**64 - 1),
+            with_raw_value("seq", "18446744073709551616"),
+            with_raw_value("seq", "41.0"),
+            with_raw_value("seq", "-0"),
+            with_raw_value("temperature", "-0"),
+            with_raw_value("temperature", "1e-400"),
+            with_raw_value("temperature", "200.0000000000000000001"),
+            with_raw_value("temperature", "200.00000000000003"),
+            with_raw_value("temperature", "2E1"),
+            with_raw_value("schema_version", "1.0"),
+            with_raw_value("schema_version", "true"),
+            valid_payload(event_id="0B6D3C1E-8F7A-4C2B-9D5E-1A2B3C4D5E6F"),
+            valid_payload(event_id="0b6d3c1e-8f7a-4c2b-9d5e-1a2b3c4d5e6\n"),
+            valid_payload(event_id="0b6d3c1e8-f7a-4c2b-9d5e-1a2b3c4d5e6f"),
+            valid_payload(event_id="0b6d3c1e-8f7a-4c2b-9d5e-1a2b3c4d5e6\u00e9"),
+            valid_payload(sensor_id="sensor-0007\n"),
+            valid_payload(sensor_id="a" * 65),
+            valid_payload(sensor_id=""),
+            valid_payload() + b" \n\t\r",
+            b"\xef\xbb\xbf" + valid_payload(),
+            valid_payload() + b"\x00",
+        ],
+    )
+    def test_tiers_agree_on_spellings_where_parsers_differ(self, payload: bytes) -> None:
+        """Skipped junk, duplicates, escapes, number spellings and edge values: same result."""
+        assert_tiers_agree(payload)
+
+    @settings(max_examples=500)
+    @given(near_valid_objects, json_extras)
+    def test_tiers_agree_on_objects_near_the_valid_shape(
+        self, obj: dict[str, object], extras: dict[str, object]
+    ) -> None:
+        """For any JSON object near the v1 shape, both tiers give the same result."""
+        assert_tiers_agree(json.dumps(obj).encode())
+        assert_tiers_agree(json.dumps({**obj, **extras}).encode())
+
+    @settings(max_examples=300)
+    @given(
+        st.sampled_from(["seq", "event_time", "temperature", "humidity", "schema_version"]),
+        json_number_texts,
+    )
+    def test_tiers_agree_on_every_number_spelling(self, field: str, number: str) -> None:
+        """Leading minus, fractions, exponents and long mantissas read the same in both tiers."""
+        assert_tiers_agree(with_raw_value(field, number))
+
+    @settings(max_examples=300)
+    @given(event_id_texts, st.from_regex(r"[A-Za-z0-9._:\- \n]{0,66}", fullmatch=True))
+    def test_tiers_agree_on_identifiers(self, event_id: str, sensor_id: str) -> None:
+        """The fast tier's unrolled event_id check and the sensor_id check match the patterns."""
+        assert_tiers_agree(valid_payload(event_id=event_id, sensor_id=sensor_id))
+
+    @settings(max_examples=500)
+    @given(st.data())
+    def test_tiers_agree_on_byte_level_damage(self, data: st.DataObject) -> None:
+        """Any byte of a valid event replaced, or junk inserted anywhere: same result."""
+        payload = bytearray(valid_payload())
+        at = data.draw(st.integers(0, len(payload)))
+        junk = data.draw(raw_bytes | st.binary(min_size=1, max_size=3))
+        if data.draw(st.booleans()) and at < len(payload):
+            payload[at : at + 1] = junk
+        else:
+            payload[at:at] = junk
+
+        assert_tiers_agree(bytes(payload))
 
 
 class TestParseReading:

@@ -2,10 +2,11 @@
 
 Each wire type lists its fields as ``FieldSpec`` values. ``check_fields`` walks that
 list and explains the first problem as a ``Rejection``. The reading decoder's fast
-path inlines the same checks for speed and falls back to ``check_fields`` only to
-explain a failure, so this module is the single source of the rules and their
-messages. It runs on bad events (and on the less hot output topics), never on the
-good path of ``decode_reading``.
+paths (msgspec constraints, and checks inlined after orjson) restate the same rules
+for speed and fall back to ``check_fields`` to explain a failure; the unit tests hold
+them to it, so this module is the single source of the rules and their messages.
+It runs on bad events (and on the less hot output topics), never on the good path
+of ``decode_reading``.
 """
 
 from __future__ import annotations

@@ -12,17 +12,28 @@ upgraded on decode, see ``_legacy``.
 
 ``decode_reading`` runs once per consumed event and must never raise: every bad
 payload becomes a ``Rejection`` for the dead-letter topic, whatever the bytes.
+
+It decodes in two tiers. The fast tier is one msgspec pass (C: parse, type and range
+checks together) over ``bytes`` with exactly the seven v1 keys, then the two string
+patterns in Python; it accepts nothing the slow tier would refuse. The slow tier is
+orjson plus ``READING_FIELDS``: it runs for everything the fast tier declines (bad
+events, extra keys, legacy v0, other buffers), explains every rejection and is the
+definition of the contract; the unit tests check that both tiers agree. An event the
+fast tier declines pays for both tiers, about 1 µs more than the slow tier alone: if
+producers start sending an extra key, teach ``_WireReadingV1`` that key.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, Final, Literal
 
+import msgspec
 import orjson
 
 from ._constants import (
     EVENT_TIME_RANGE,
     HUMIDITY_RANGE,
+    MAX_EVENT_BYTES,
     SCHEMA_VERSION,
     SEQ_RANGE,
     TEMPERATURE_RANGE,
@@ -59,6 +70,42 @@ _E_LOW, _E_HIGH = EVENT_TIME_RANGE
 _S_LOW, _S_HIGH = SEQ_RANGE
 _MAX_KNOWN_SENSOR_IDS: Final = 65_536
 _known_sensor_ids: set[str] = set()  # ids that passed the pattern: a set lookup beats the regex
+
+
+def _within(low: float, high: float) -> msgspec.Meta:
+    return msgspec.Meta(ge=low, le=high)
+
+
+class _WireReadingV1(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+    """The exact shape of a plain valid v1 event, for msgspec to check while it parses.
+
+    Unknown keys make the fast tier decline on purpose: msgspec only skims the values
+    it skips (no UTF-8 check; 1e400 passes as a number), where orjson refuses the
+    payload. That is also why this is a Struct and not SensorReading itself: msgspec
+    cannot forbid unknown keys when it decodes into a dataclass. The patterns are not
+    here either: msgspec checks them with a Python ``re`` call each, slower than the
+    checks in ``decode_reading``.
+    """
+
+    schema_version: Literal[1]
+    event_id: str
+    sensor_id: str
+    seq: Annotated[int, _within(*SEQ_RANGE)]
+    event_time: Annotated[int, _within(*EVENT_TIME_RANGE)]
+    temperature: Annotated[float, _within(*TEMPERATURE_RANGE)]
+    humidity: Annotated[float, _within(*HUMIDITY_RANGE)]
+
+
+_decode_wire_v1: Final = msgspec.json.Decoder(_WireReadingV1).decode
+_new_draft: Final = object.__new__
+
+# is_event_id without the regex (a third of the cost): map each lowercase hex digit
+# to "x" and every other byte to something else, then compare with the UUID's shape.
+_UUID_SHAPE: Final = b"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+_UUID_MASK: Final = bytes(
+    ord("x") if byte in b"0123456789abcdef" else ord("?") if byte == ord("x") else byte
+    for byte in range(256)
+)
 
 
 class _ReadingDraft:
@@ -115,6 +162,36 @@ def encode_reading(reading: SensorReading) -> bytes:
 
 def decode_reading(data: Payload) -> SensorReading | Rejection:
     """Decode and validate one Kafka value; never raises, whatever ``data`` holds."""
+    # Hot path, once per event: no logging, no allocation but the result, and an
+    # exception only when the payload is not a plain valid v1 event.
+    if type(data) is bytes and 0 < len(data) <= MAX_EVENT_BYTES:
+        try:
+            wire = _decode_wire_v1(data)
+        except Exception:  # msgspec.DecodeError, RecursionError, ...: the slow tier explains
+            return decode_reading_slow(data)
+        event_id = wire.event_id
+        sensor_id = wire.sensor_id
+        if (
+            event_id.isascii()
+            and event_id.encode().translate(_UUID_MASK) == _UUID_SHAPE
+            and (sensor_id in _known_sensor_ids or _is_known_sensor_id(sensor_id))
+        ):
+            # _ReadingDraft's stores, inlined: in 3.11 a class call costs ~70 ns more
+            reading = _new_draft(_ReadingDraft)
+            reading.schema_version = SCHEMA_VERSION
+            reading.event_id = event_id
+            reading.sensor_id = sensor_id
+            reading.seq = wire.seq
+            reading.event_time = wire.event_time
+            reading.temperature = wire.temperature
+            reading.humidity = wire.humidity
+            reading.__class__ = SensorReading  # type: ignore[assignment]
+            return reading  # type: ignore[return-value]
+    return decode_reading_slow(data)
+
+
+def decode_reading_slow(data: Payload) -> SensorReading | Rejection:
+    """The slow tier of ``decode_reading``: orjson and ``READING_FIELDS``; never raises."""
     try:
         obj = load_object(data)
         if type(obj) is dict:
