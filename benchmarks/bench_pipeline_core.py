@@ -103,7 +103,9 @@ def run_decode(batches: Records) -> None:
 
 
 def run_pipeline(batches: Records) -> None:
-    pipeline = PartitionPipeline(INPUT_TOPIC, 0, PipelineConfig(instance="bench"))
+    pipeline = PartitionPipeline(
+        INPUT_TOPIC, 0, PipelineConfig(instance="bench"), collect_valid=False
+    )
     now = time.time()
     for batch in batches:
         pipeline.process(batch, now)

@@ -167,6 +167,21 @@ class TestValidEvents:
 
         assert ["alarms", "aggs"] == topics(result)
 
+    def test_without_a_handler_nothing_is_collected_but_everything_is_counted(self) -> None:
+        """collect_valid=False skips the handler pairs; counts and event times stay."""
+        feed = Feed()
+        records = [feed.reading(T0 + i, seq=i) for i in range(3)]
+
+        result = PartitionPipeline(
+            "sensor-data", 0, PipelineConfig(instance="test"), collect_valid=False
+        ).process(records, now=0.0)
+
+        assert ([], 3, (T0, T0 + 2)) == (
+            result.valid,
+            result.ok,
+            (result.event_time_min, result.event_time_max),
+        )
+
 
 class TestDeadLetters:
     @pytest.mark.parametrize(("reason", "value"), malformed_corpus())

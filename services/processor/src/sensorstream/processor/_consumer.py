@@ -283,7 +283,11 @@ class ProcessorConsumer:
             if offset >= 0:
                 self.consumer.seek(tp, offset)
             pipeline = PartitionPipeline(
-                tp.topic, tp.partition, self._pipeline_config, replay_until=replay_until
+                tp.topic,
+                tp.partition,
+                self._pipeline_config,
+                replay_until=replay_until,
+                collect_valid=self._handler is not None,
             )
             sink: OutputSink = sinks[tp] if self._exactly_once else self._require_producer()
             worker = PartitionWorker(

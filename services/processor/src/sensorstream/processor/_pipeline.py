@@ -112,7 +112,8 @@ class BatchResult:
     outputs: list[OutputRecord] = field(default_factory=list)
     """To produce, in the order they arose (aggregates, alerts and dead letters interleaved)."""
     valid: list[tuple[Any, SensorReading]] = field(default_factory=list)
-    """(record, reading) for the user's handler, in offset order; replayed events excluded."""
+    """(record, reading) for the user's handler, in offset order; replayed events excluded.
+    Empty when the pipeline was built with ``collect_valid=False`` (no handler)."""
     ok: int = 0
     """Valid events that went into their window (replayed ones not included)."""
     invalid: int = 0
@@ -128,9 +129,10 @@ class BatchResult:
     alerts: Counter[str] = field(default_factory=Counter)
     """Alerts by kind."""
     event_time_min: int | None = None
-    """Smallest event time of the readings in ``valid`` (for latency metrics)."""
+    """The smaller event time of the batch's first and last handled reading (latency
+    metrics sample these two; within a partition events are nearly in time order)."""
     event_time_max: int | None = None
-    """Largest event time of the readings in ``valid``."""
+    """The larger of those two event times."""
 
 
 def dead_letter(
@@ -156,9 +158,17 @@ class PartitionPipeline:
     """One per assigned partition; owned by exactly one PartitionWorker task."""
 
     def __init__(
-        self, topic: str, partition: int, config: PipelineConfig, *, replay_until: int = -1
+        self,
+        topic: str,
+        partition: int,
+        config: PipelineConfig,
+        *,
+        replay_until: int = -1,
+        collect_valid: bool = True,
     ) -> None:
         self.topic = topic
+        self.collect_valid = collect_valid
+        """Fill ``BatchResult.valid`` for a handler; without one, skip the per-event pair."""
         self.partition = partition
         self.config = config
         self.replay_until = replay_until
@@ -189,8 +199,7 @@ class PartitionPipeline:
         """Decode, window, alert and route ``records`` (in offset order) at wall time ``now``."""
         # Hot path: once per event; locals only, no logging, no exceptions for control flow.
         result = BatchResult()
-        valid = result.valid
-        append_valid = valid.append
+        append_valid = result.valid.append if self.collect_valid else None
         closed: list[SensorWindow] = []
         add_to_window = self._windows.add
         evaluate = self._alerts.evaluate
@@ -198,6 +207,8 @@ class PartitionPipeline:
         config = self.config
         dead_letter_late = config.dead_letter_late
         ok = late = replayed = 0
+        first: SensorReading | None = None
+        last: SensorReading | None = None
         if records:
             self._windows.touch(now)
         for record in records:
@@ -227,14 +238,17 @@ class PartitionPipeline:
             alerts = evaluate(reading)
             if alerts is not None:
                 self._emit_alerts(alerts, result)
-            append_valid((record, reading))
+            if append_valid is not None:
+                append_valid((record, reading))
+            if first is None:
+                first = reading
+            last = reading
         result.ok = ok
         result.late = late
         result.replayed = replayed
-        if valid:
-            event_times = [reading.event_time for _, reading in valid]
-            result.event_time_min = min(event_times)
-            result.event_time_max = max(event_times)
+        if first is not None and last is not None:
+            result.event_time_min = min(first.event_time, last.event_time)
+            result.event_time_max = max(first.event_time, last.event_time)
         return result
 
     def close_idle(self, now: float) -> BatchResult:
