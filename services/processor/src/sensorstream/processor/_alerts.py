@@ -12,6 +12,7 @@ Pure: no Kafka, no clock, no logging, no metrics. State is per partition (one
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -82,6 +83,18 @@ class AlertRules:
         # sensor_id -> bit set of latched kinds; absent means nothing latched.
         self._latched: dict[str, int] = {}
 
+    @property
+    def quiet_range(self) -> tuple[float, float, float, float]:
+        """(temperature low, high, humidity low, high): inside all four, with nothing
+        latched for the sensor, ``evaluate`` returns None. Lets a per-event caller skip
+        the call in the usual case (see ``PartitionPipeline.process``)."""
+        return self._t_low, self._t_high, self._h_low, self._h_high
+
+    @property
+    def latched_sensors(self) -> Mapping[str, int]:
+        """Sensors with a latched alert (read-only; the same object for the rules' life)."""
+        return self._latched
+
     def evaluate(self, reading: SensorReading) -> list[Alert] | None:
         """The alerts ``reading`` raises (None, the usual case, if it raises none)."""
         # Hot path: in range and nothing latched costs one dict lookup and four compares.
@@ -93,9 +106,9 @@ class AlertRules:
             and reading.sensor_id not in self._latched
         ):
             return None
-        return self._transition(reading)
+        return self.transition(reading)
 
-    def _transition(self, reading: SensorReading) -> list[Alert] | None:
+    def transition(self, reading: SensorReading) -> list[Alert] | None:
         """Update the latches of one sensor; raise what newly crossed."""
         sensor_id = reading.sensor_id
         before = self._latched.get(sensor_id, 0)

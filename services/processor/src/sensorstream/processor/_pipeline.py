@@ -202,7 +202,11 @@ class PartitionPipeline:
         append_valid = result.valid.append if self.collect_valid else None
         closed: list[SensorWindow] = []
         add_to_window = self._windows.add
-        evaluate = self._alerts.evaluate
+        rules = self._alerts
+        evaluate = rules.evaluate
+        transition = rules.transition
+        t_low, t_high, h_low, h_high = rules.quiet_range
+        latched = rules.latched_sensors
         replay_until = self.replay_until
         config = self.config
         dead_letter_late = config.dead_letter_late
@@ -235,9 +239,14 @@ class PartitionPipeline:
                 if dead_letter_late:
                     self._dead_letter_late(record, reading, result)
                     continue
-            alerts = evaluate(reading)
-            if alerts is not None:
-                self._emit_alerts(alerts, result)
+            # AlertRules.evaluate, with its usual "nothing to say" case inlined.
+            if (
+                not (t_low <= reading.temperature <= t_high and h_low <= reading.humidity <= h_high)
+                or reading.sensor_id in latched
+            ):
+                alerts = transition(reading)
+                if alerts is not None:
+                    self._emit_alerts(alerts, result)
             if append_valid is not None:
                 append_valid((record, reading))
             if first is None:
