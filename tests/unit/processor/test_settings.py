@@ -69,6 +69,8 @@ class TestInvalid:
             ),
             (["--temperature-low", "50"], "--temperature-low / SENSORSTREAM_TEMPERATURE_LOW"),
             (["--max-batch", "0"], "--max-batch / SENSORSTREAM_MAX_BATCH"),
+            (["--fetch-min-bytes", "0"], "--fetch-min-bytes / SENSORSTREAM_FETCH_MIN_BYTES"),
+            (["--fetch-max-wait", "0"], "--fetch-max-wait / SENSORSTREAM_FETCH_MAX_WAIT"),
         ],
     )
     def test_bad_value_exits_2_naming_flag_and_variable(

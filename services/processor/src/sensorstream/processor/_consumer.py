@@ -81,6 +81,8 @@ class ProcessorConsumer:
             auto_offset_reset="earliest",
             isolation_level="read_committed" if self._exactly_once else "read_uncommitted",
             max_poll_records=settings.max_batch,
+            fetch_min_bytes=settings.fetch_min_bytes,
+            fetch_max_wait_ms=round(settings.fetch_max_wait * 1000),
             session_timeout_ms=int(settings.session_timeout * 1000),
             heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
             max_poll_interval_ms=int(settings.max_poll_interval * 1000),
