@@ -17,6 +17,7 @@ from sensorstream.processor._pipeline import (
     PipelineConfig,
     dead_letter,
 )
+from sensorstream.processor._windows import NO_WATERMARK
 from sensorstream.schema import (
     AGGREGATES_TOPIC,
     ALERTS_TOPIC,
@@ -83,10 +84,14 @@ class Feed:
         return self.record(value, key=sensor_id.encode())
 
 
-def pipeline(*, replay_until: int = -1, **config: Any) -> PartitionPipeline:
+def pipeline(
+    *, replay_until: int = -1, watermark: int = NO_WATERMARK, **config: Any
+) -> PartitionPipeline:
     """A pipeline for partition 3 of the input topic; ``config`` overrides PipelineConfig."""
     config = {"instance": "test-instance", **config}
-    return PartitionPipeline(TOPIC, 3, PipelineConfig(**config), replay_until=replay_until)
+    return PartitionPipeline(
+        TOPIC, 3, PipelineConfig(**config), replay_until=replay_until, watermark=watermark
+    )
 
 
 def topics(result: BatchResult) -> list[str]:
@@ -383,6 +388,29 @@ class TestIdleRestart:
         assert [] == replayed.outputs
         assert len(set(windows)) == len(windows)
         assert sorted(uninterrupted) == sorted(before + after)
+
+    def test_a_late_reading_after_an_idle_close_stays_late_after_a_restart(self) -> None:
+        """The watermark an idle close set survives a restart: no second, partial window."""
+        feed = Feed()
+        first = pipeline(idle_timeout_s=30.0)
+        emitted = first.process([feed.reading(T0 + 11_000, sensor_id="a", seq=0)], 100.0).outputs
+        emitted += first.close_idle(131.0).outputs  # idle: a's window closes, watermark T0+20s
+        replay = [
+            feed.reading(T0 + 21_000, sensor_id="b", seq=0),  # opens b's window
+            feed.reading(T0 + 12_000, sensor_id="a", seq=1),  # late for a's closed window
+        ]
+        result = first.process(replay, 140.0)
+        floor, watermark = first.commit_floor(), first.watermark
+        restarted = pipeline(idle_timeout_s=30.0, replay_until=3, watermark=watermark)
+        restarted.process(replay[floor - 1 :], 150.0)
+        emitted += restarted.close_idle(181.0).outputs
+
+        windows = [
+            (a.sensor_id, a.window_start, a.count)
+            for a in (decode_aggregate(o.value) for o in emitted if o.value is not None)
+        ]
+        assert (1, 1) == (floor, result.late)
+        assert [("a", T0 + 10_000, 1), ("b", T0 + 20_000, 1)] == windows
 
 
 class TestReplay:

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from sensorstream.processor._metrics import ProcessorMetrics
 from sensorstream.processor._pipeline import OutputRecord, PartitionPipeline, PipelineConfig
-from sensorstream.processor._worker import PartitionWorker, WorkerOptions
+from sensorstream.processor._worker import PartitionWorker, ReplayMark, WorkerOptions
 from sensorstream.processor.handler import HandlerContext
 from sensorstream.schema import (
     DeadLetterHeaders,
@@ -106,14 +106,14 @@ BASE = 1_800_000_000_000
 
 class TestCommitRule:
     async def test_commit_stops_at_the_oldest_open_window(self) -> None:
-        """Committable = min(next, commit_floor) with metadata str(next)."""
+        """Committable = min(next, commit_floor); the metadata holds next and the watermark."""
         worker, _ = make_worker()
         worker.start()
         worker.feed([record(0, 0, event_time=BASE), record(1, 1, event_time=BASE + 1500)])
         await drain(worker, 2)
         await worker.stop(1.0)
         # window [BASE, BASE+1000) closed by the watermark; [BASE+1000, ...) still needs offset 1
-        assert (1, "2") == worker.committable()
+        assert (1, f"2:{BASE + 1500}") == worker.committable()
 
     async def test_replay_mark_never_moves_back(self) -> None:
         """After a restart the metadata stays at least the previous replay mark."""
@@ -122,12 +122,33 @@ class TestCommitRule:
         worker.feed([record(3, 3, event_time=BASE), record(4, 4, event_time=BASE + 10)])
         await drain(worker, 5)
         await worker.stop(1.0)
-        assert ([], (3, "5")) == (sink.sent, worker.committable())
+        assert ([], (3, f"5:{BASE + 10}")) == (sink.sent, worker.committable())
 
     async def test_nothing_to_commit_before_processing(self) -> None:
         """A fresh worker has nothing to commit."""
         worker, _ = make_worker()
         assert None is worker.needs_commit()
+
+
+class TestReplayMark:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [("7:1800000000000", ReplayMark(7, 1_800_000_000_000)), ("7", ReplayMark(7))],
+    )
+    def test_decodes_ours_and_the_older_bare_offset(self, text: str, expected: ReplayMark) -> None:
+        """Metadata "until:watermark" and a bare "until" both parse."""
+        assert expected == ReplayMark.decode(text)
+
+    def test_round_trips(self) -> None:
+        """decode(encode(mark)) is the mark."""
+        mark = ReplayMark(42, -5)
+        assert mark == ReplayMark.decode(mark.encode())
+
+    @pytest.mark.parametrize("text", ["", "x", "1:y", "1:2:3"])
+    def test_refuses_foreign_metadata(self, text: str) -> None:
+        """Metadata someone else wrote raises ValueError (the consumer then ignores it)."""
+        with pytest.raises(ValueError, match="invalid literal"):
+            ReplayMark.decode(text)
 
 
 class TestHandler:

@@ -33,7 +33,7 @@ from sensorstream.schema import FatalError, RetriableError
 from ._metrics import ProcessorMetrics
 from ._outputs import OutputProducer, PartitionFencedError, TransactionalOutput
 from ._pipeline import PartitionPipeline, PipelineConfig
-from ._worker import OutputSink, PartitionWorker, WorkerOptions
+from ._worker import OutputSink, PartitionWorker, ReplayMark, WorkerOptions
 from .handler import Handler
 from .settings import ProcessorSettings
 
@@ -281,14 +281,15 @@ class ProcessorConsumer:
             await asyncio.gather(*(sink.start() for sink in sinks.values()))
         committed = await self._committed(new)
         for tp in new:
-            offset, replay_until = committed.get(tp, (-1, -1))
+            offset, mark = committed.get(tp, (-1, ReplayMark()))
             if offset >= 0:
                 self.consumer.seek(tp, offset)
             pipeline = PartitionPipeline(
                 tp.topic,
                 tp.partition,
                 self._pipeline_config,
-                replay_until=replay_until,
+                replay_until=mark.until,
+                watermark=mark.watermark,
                 collect_valid=self._handler is not None,
             )
             sink: OutputSink = sinks[tp] if self._exactly_once else self._require_producer()
@@ -303,7 +304,7 @@ class ProcessorConsumer:
                 transactional=self._exactly_once,
             )
             if offset >= 0:
-                worker.committed = (offset, str(replay_until))
+                worker.committed = (offset, mark.encode())
             self.workers[tp] = worker
             worker.start()
         self.assigned_once = True
@@ -322,7 +323,9 @@ class ProcessorConsumer:
         assert self._producer is not None
         return self._producer
 
-    async def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+    async def _committed(
+        self, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int, ReplayMark]]:
         """Committed offset and replay mark (from the commit metadata) per partition."""
         if not tps:
             return {}
@@ -335,19 +338,19 @@ class ProcessorConsumer:
             # at worst an aggregate is emitted twice, never lost.
             log.warning("committed_offsets_unavailable", error=str(exc))
             return {}
-        result: dict[TopicPartition, tuple[int, int]] = {}
+        result: dict[TopicPartition, tuple[int, ReplayMark]] = {}
         for tp, meta in offsets.items():
             if meta.offset is None or meta.offset < 0:
                 continue
-            replay_until = -1
+            mark = ReplayMark()
             if meta.metadata:
                 try:
-                    replay_until = int(meta.metadata)
+                    mark = ReplayMark.decode(meta.metadata)
                 except ValueError:
                     log.warning(
                         "commit_metadata_ignored", partition=tp.partition, metadata=meta.metadata
                     )
-            result[tp] = (meta.offset, replay_until)
+            result[tp] = (meta.offset, mark)
         return result
 
     # -- lag ------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from sensorstream.schema import (
 )
 
 from ._alerts import AlertRules, AlertThresholds
-from ._windows import SensorWindow, TumblingWindows
+from ._windows import NO_WATERMARK, SensorWindow, TumblingWindows
 
 __all__ = [
     "AlertThresholds",
@@ -164,6 +164,7 @@ class PartitionPipeline:
         config: PipelineConfig,
         *,
         replay_until: int = -1,
+        watermark: int = NO_WATERMARK,
         collect_valid: bool = True,
     ) -> None:
         self.topic = topic
@@ -177,6 +178,9 @@ class PartitionPipeline:
             size_ms=config.window_size_ms,
             allowed_lateness_ms=config.allowed_lateness_ms,
             idle_timeout_s=config.idle_timeout_s,
+            # The watermark of the last commit: windows it had closed (by event time or
+            # by an idle close) stay closed during and after the replay.
+            watermark=watermark,
         )
         self._alerts = AlertRules(config.thresholds)
         self._sensor_keys: dict[str, bytes] = {}

@@ -175,7 +175,14 @@ class TumblingWindows:
         "watermark",
     )
 
-    def __init__(self, *, size_ms: int, allowed_lateness_ms: int, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        size_ms: int,
+        allowed_lateness_ms: int,
+        idle_timeout_s: float,
+        watermark: int = NO_WATERMARK,
+    ) -> None:
         if size_ms <= 0:
             raise ValueError(f"window size must be a positive number of ms, got {size_ms}")
         if allowed_lateness_ms < 0:
@@ -188,7 +195,7 @@ class TumblingWindows:
         self._by_end: dict[int, dict[str, SensorWindow]] = {}
         self._ends: list[int] = []
         self._open = 0
-        self.watermark: int = NO_WATERMARK
+        self.watermark: int = watermark
         """Largest event time seen minus the allowed lateness (epoch ms)."""
         self.next_end: int = _NO_END
         """The earliest end among the open window groups."""

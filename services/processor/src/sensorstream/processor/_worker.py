@@ -9,8 +9,8 @@ buffer; the worker takes them in chunks and, per chunk:
 3. produces the chunk's outputs and waits until Kafka acknowledged them;
 4. only then marks the chunk done: ``next_offset`` moves past its last record.
 
-What may be committed follows the brief's rule: ``min(next, commit_floor)`` with
-metadata ``str(next)``, where ``commit_floor`` is the smallest offset an open window
+What may be committed: ``min(next, commit_floor)`` with a :class:`ReplayMark` (``next``
+and the watermark) as metadata, where ``commit_floor`` is the smallest offset an open window
 still needs; a restart replays from there and emits nothing below the metadata.
 
 A worker touches only its own pipeline, buffer and output sink. It never commits
@@ -36,15 +36,40 @@ from sensorstream.schema import DeadLetterReason, PoisonEventError, SensorReadin
 
 from ._metrics import PartitionMetrics, ProcessorMetrics
 from ._pipeline import BatchResult, OutputRecord, PartitionPipeline, dead_letter
+from ._windows import NO_WATERMARK
 from .handler import Handler, HandlerContext
 
-__all__ = ["OutputSink", "PartitionWorker", "WorkerOptions"]
+__all__ = ["OutputSink", "PartitionWorker", "ReplayMark", "WorkerOptions"]
 
 log = structlog.get_logger("sensorstream.processor")
 
 # How often a worker with nothing to do wakes up to close idle windows (and, in
 # exactly-once mode, commit its transaction).
 _IDLE_TICK = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayMark:
+    """What a commit's metadata carries besides the offset.
+
+    ``until``: the offset up to which outputs were acknowledged — a restart replays the
+    records below it only to rebuild state. ``watermark``: the partition's watermark at
+    that point, which the rebuilt pipeline starts from, so a window closed before the
+    restart (by event time or by an idle close) is not reopened by the replay.
+    Encoded as ``"until:watermark"``; a bare ``"until"`` (older commits) is accepted.
+    """
+
+    until: int = -1
+    watermark: int = NO_WATERMARK
+
+    def encode(self) -> str:
+        return f"{self.until}:{self.watermark}"
+
+    @classmethod
+    def decode(cls, text: str) -> ReplayMark:
+        """Parse commit metadata; raise ``ValueError`` if it is not ours."""
+        until, _, watermark = text.partition(":")
+        return cls(int(until), int(watermark) if watermark else NO_WATERMARK)
 
 
 class OutputSink(Protocol):
@@ -166,8 +191,8 @@ class PartitionWorker:
         floor = self.pipeline.commit_floor()
         offset = next_offset if floor is None else min(next_offset, floor)
         # Never lower the replay mark below what an earlier owner already emitted.
-        replay_mark = max(next_offset, self.pipeline.replay_until)
-        return offset, str(replay_mark)
+        mark = ReplayMark(max(next_offset, self.pipeline.replay_until), self.pipeline.watermark)
+        return offset, mark.encode()
 
     def needs_commit(self) -> tuple[int, str] | None:
         """What to commit if it differs from the last commit, else None."""
