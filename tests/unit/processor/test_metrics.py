@@ -41,3 +41,18 @@ class TestProcessorMetrics:
         metrics.ok.inc(2)
         value = registry.get_sample_value("sensorstream_processor_events_total", {"outcome": "ok"})
         assert 2.0 == value
+
+    def test_outcome_totals_read_the_counters(self) -> None:
+        """The summary line's totals are the counters' values, by outcome."""
+        metrics = ProcessorMetrics(CollectorRegistry())
+        metrics.ok.inc(3)
+        metrics.retried.inc(2)
+
+        assert {
+            "ok": 3,
+            "invalid": 0,
+            "late": 0,
+            "replayed": 0,
+            "dead_lettered": 0,
+            "retried": 2,
+        } == metrics.outcome_totals()

@@ -124,6 +124,27 @@ class ProcessorMetrics:
             registry=registry,
         )  # fmt: skip
 
+    def outcome_totals(self) -> dict[str, int]:
+        """Events by outcome so far (for the summary log line), read through ``collect``."""
+        totals: dict[str, int] = {}
+        for outcome, counter in (
+            ("ok", self.ok),
+            ("invalid", self.invalid),
+            ("late", self.late),
+            ("replayed", self.replayed),
+            ("dead_lettered", self.dead_lettered),
+            ("retried", self.retried),
+        ):
+            totals[outcome] = int(
+                sum(
+                    sample.value
+                    for metric in counter.collect()
+                    for sample in metric.samples
+                    if sample.name.endswith("_total")
+                )
+            )
+        return totals
+
     def bind_partition(self, partition: int) -> PartitionMetrics:
         """Label children for a newly assigned partition."""
         label = str(partition)

@@ -219,17 +219,13 @@ class ProcessorService:
             lag_events, lag_seconds = consumer.update_lag()
             now = time.monotonic()
             if now - last_summary >= self.settings.summary_interval:
-                processed = _total(metrics)
+                outcomes = metrics.outcome_totals()
+                processed = sum(outcomes[name] for name in ("ok", "invalid", "late", "replayed"))
                 log.info(
                     "processor_summary",
                     rate=round((processed - last_processed) / (now - last_summary), 1),
                     events=processed,
-                    ok=int(metrics.ok._value.get()),
-                    invalid=int(metrics.invalid._value.get()),
-                    late=int(metrics.late._value.get()),
-                    replayed=int(metrics.replayed._value.get()),
-                    dead_lettered=int(metrics.dead_lettered._value.get()),
-                    retried=int(metrics.retried._value.get()),
+                    **outcomes,
                     lag_events=lag_events,
                     lag_seconds=round(lag_seconds, 3),
                     partitions=sorted(tp.partition for tp in consumer.workers),
@@ -237,12 +233,6 @@ class ProcessorService:
                 )
                 last_summary = now
                 last_processed = processed
-
-
-def _total(metrics: ProcessorMetrics) -> int:
-    return int(
-        sum(c._value.get() for c in (metrics.ok, metrics.invalid, metrics.late, metrics.replayed))
-    )
 
 
 async def _call_optional(handler: Handler, name: str) -> None:
