@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
+from consumed_records import Record
 
 from sensorstream.processor._pipeline import (
     AlertThresholds,
@@ -32,19 +32,6 @@ from sensorstream.schema.testing import malformed_corpus, valid_payload
 TOPIC = "sensor-data"
 T0 = 1_700_000_000_000
 """A window boundary for 10 s windows."""
-
-
-@dataclass
-class Record:
-    """A stand-in for aiokafka's ConsumerRecord: only what the pipeline reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 class Feed:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass, field
 
 import pytest
 from aiokafka import TopicPartition
+from consumed_records import Record
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -27,17 +27,6 @@ from sensorstream.schema import (
 )
 
 TP = TopicPartition("sensor-data", 0)
-
-
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def record(offset: int, seq: int, *, event_time: int, sensor: str = "sensor-0001") -> Record:
