@@ -59,13 +59,13 @@ class TestRules:
         assert EXPECTED_ALERTS == firing
 
     def test_every_alert_has_a_runbook(self) -> None:
-        """Each alert links to a runbook section that exists in README.md."""
-        docs = (REPO / "README.md").read_text().lower()
+        """Each alert links to a runbook section that exists in docs/operations.md."""
+        docs = (REPO / "docs" / "operations.md").read_text().lower()
         missing = [
             rule["alert"]
             for rule in _rules()
-            if rule["annotations"]["runbook"] != f"README.md#{rule['alert'].lower()}"
-            or f"#### {rule['alert'].lower()}\n" not in docs
+            if rule["annotations"]["runbook"] != f"docs/operations.md#{rule['alert'].lower()}"
+            or f"### {rule['alert'].lower()}\n" not in docs
         ]
         assert [] == missing
 

@@ -1,0 +1,43 @@
+"""The documentation stays true to the code: links resolve."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the headings of ``page``."""
+    anchors = set()
+    for line in page.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            title = re.sub(r"[^\w\- ]", "", title)
+            anchors.add(title.replace(" ", "-"))
+    return anchors
+
+
+class TestLinks:
+    @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+    def test_relative_links_resolve(self, page: Path) -> None:
+        """Every relative link points at a file that exists, and at a heading if it names one."""
+        broken = []
+        for target in _LINK.findall(page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            if not resolved.exists():
+                broken.append(target)
+                continue
+            if anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+                broken.append(target)
+        assert [] == broken
