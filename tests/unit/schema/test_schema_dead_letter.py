@@ -26,9 +26,11 @@ HEADERS = DeadLetterHeaders(
 
 
 class TestDeadLetterReason:
-    def test_contains_every_reject_reason_plus_two(self) -> None:
-        """All decoder reasons, plus handler_failed and late_event."""
-        assert {*RejectReason, "handler_failed", "late_event"} == set(DeadLetterReason)
+    def test_contains_every_reject_reason_plus_three(self) -> None:
+        """All decoder reasons, plus handler_failed, late_event and future_event_time."""
+        assert {*RejectReason, "handler_failed", "late_event", "future_event_time"} == set(
+            DeadLetterReason
+        )
 
     @pytest.mark.parametrize("reason", list(RejectReason))
     def test_converts_from_a_reject_reason(self, reason: RejectReason) -> None:
@@ -101,6 +103,15 @@ class TestDeadLetterHeaders:
         with pytest.raises(ValueError, match=r"sensorstream\.dlq\.offset must be an integer"):
             DeadLetterHeaders.from_kafka_headers(broken)
 
+    def test_bad_reason_is_named_with_the_valid_ones(self) -> None:
+        """An unknown reason header is quoted, and the valid reasons are listed."""
+        broken = [
+            (k, b"cosmic_ray" if k.endswith("reason") else v) for k, v in HEADERS.to_kafka_headers()
+        ]
+
+        with pytest.raises(ValueError, match=r"'cosmic_ray' is not one of .*future_event_time"):
+            DeadLetterHeaders.from_kafka_headers(broken)
+
     def test_builds_from_a_rejection_or_poison_error(self) -> None:
         """for_rejection copies reason and message from either form."""
         rejection = Rejection(RejectReason.OUT_OF_RANGE, HEADERS.error)
@@ -116,3 +127,76 @@ class TestDeadLetterHeaders:
             DeadLetterHeaders.for_rejection(rejection, **origin),  # type: ignore[arg-type]
             DeadLetterHeaders.for_rejection(PoisonEventError(rejection), **origin),  # type: ignore[arg-type]
         ]
+
+
+LATE = dataclasses.replace(HEADERS, reason=DeadLetterReason.LATE_EVENT, lateness_ms=90_000)
+CUT = dataclasses.replace(
+    HEADERS,
+    reason=DeadLetterReason.TOO_LARGE,
+    original_size=5_000_000,
+    sha256="9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+)
+
+
+class TestOptionalDeadLetterHeaders:
+    def test_absent_by_default(self) -> None:
+        """lateness_ms, original_size and sha256 are None unless given."""
+        assert (None, None, None) == (HEADERS.lateness_ms, HEADERS.original_size, HEADERS.sha256)
+
+    def test_rendered_only_when_set(self) -> None:
+        """A late event adds only sensorstream.dlq.lateness_ms, after the seven fixed ones."""
+        fixed = dataclasses.replace(LATE, lateness_ms=None).to_kafka_headers()
+
+        assert [*fixed, ("sensorstream.dlq.lateness_ms", b"90000")] == LATE.to_kafka_headers()
+
+    def test_a_cut_value_names_its_size_and_digest(self) -> None:
+        """A value cut to fit the DLQ adds original_size and sha256, as text."""
+        assert (
+            [
+                ("sensorstream.dlq.original_size", b"5000000"),
+                ("sensorstream.dlq.sha256", CUT.sha256.encode()),  # type: ignore[union-attr]
+            ]
+            == CUT.to_kafka_headers()[7:]
+        )
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            LATE,
+            CUT,
+            dataclasses.replace(CUT, lateness_ms=0, original_size=0),
+        ],
+        ids=["lateness", "cut-value", "zeros"],
+    )
+    def test_round_trip(self, headers: DeadLetterHeaders) -> None:
+        """from_kafka_headers(to_kafka_headers(h)) == h with any optional header set (0 too)."""
+        assert headers == DeadLetterHeaders.from_kafka_headers(headers.to_kafka_headers())
+
+    def test_missing_optional_headers_parse_as_none(self) -> None:
+        """A record dead-lettered before these headers existed still reads back."""
+        parsed = DeadLetterHeaders.from_kafka_headers(HEADERS.to_kafka_headers())
+
+        assert (None, None, None) == (parsed.lateness_ms, parsed.original_size, parsed.sha256)
+
+    @given(
+        lateness_ms=st.none() | st.integers(0, 2**63 - 1),
+        original_size=st.none() | st.integers(0, 2**31 - 1),
+        sha256=st.none() | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+    )
+    def test_round_trips_any_combination(
+        self, lateness_ms: int | None, original_size: int | None, sha256: str | None
+    ) -> None:
+        """Every combination of set and unset optional headers survives."""
+        headers = dataclasses.replace(
+            HEADERS, lateness_ms=lateness_ms, original_size=original_size, sha256=sha256
+        )
+
+        assert headers == DeadLetterHeaders.from_kafka_headers(headers.to_kafka_headers())
+
+    @pytest.mark.parametrize("key", ["lateness_ms", "original_size"])
+    def test_bad_optional_number_is_named(self, key: str) -> None:
+        """A non-integer lateness_ms or original_size header is named with its value."""
+        broken = [*HEADERS.to_kafka_headers(), (f"sensorstream.dlq.{key}", b"soon")]
+
+        with pytest.raises(ValueError, match=rf"sensorstream\.dlq\.{key} must be an integer"):
+            DeadLetterHeaders.from_kafka_headers(broken)

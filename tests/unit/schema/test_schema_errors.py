@@ -1,33 +1,51 @@
-"""The exception tree separates poison, retriable and fatal failures."""
+"""The exception tree separates poison, retriable, lost-ownership and fatal failures."""
 
 import pytest
 
 from sensorstream.schema import (
     ConfigError,
     FatalError,
+    OwnershipLostError,
     PoisonEventError,
+    RecordTooLargeError,
     Rejection,
     RejectReason,
     RetriableError,
+    RetriesExhaustedError,
     SensorstreamError,
 )
 
+BRANCHES = [PoisonEventError, RetriableError, OwnershipLostError, FatalError]
+FATAL_KINDS = [ConfigError, RecordTooLargeError, RetriesExhaustedError]
+
 
 class TestExceptionTree:
-    @pytest.mark.parametrize("cls", [PoisonEventError, RetriableError, FatalError, ConfigError])
+    @pytest.mark.parametrize("cls", BRANCHES + FATAL_KINDS)
     def test_everything_is_a_sensorstream_error(self, cls: type[Exception]) -> None:
         """One `except SensorstreamError` catches every deliberate failure."""
         assert issubclass(cls, SensorstreamError)
 
-    def test_config_error_is_fatal(self) -> None:
-        """A bad setting ends the process: ConfigError is a FatalError."""
-        assert issubclass(ConfigError, FatalError)
+    @pytest.mark.parametrize("cls", FATAL_KINDS)
+    def test_the_fatal_kinds_are_fatal_errors(self, cls: type[Exception]) -> None:
+        """A bad setting, an oversized record and spent retries all end the process."""
+        assert issubclass(cls, FatalError)
 
-    def test_the_three_branches_are_disjoint(self) -> None:
-        """Poison, retriable and fatal never overlap."""
-        branches = [PoisonEventError, RetriableError, FatalError]
+    def test_the_four_branches_are_pairwise_disjoint(self) -> None:
+        """Poison, retriable, ownership lost and fatal never overlap."""
+        assert [] == [(a, b) for a in BRANCHES for b in BRANCHES if a is not b and issubclass(a, b)]
 
-        assert [] == [(a, b) for a in branches for b in branches if a is not b and issubclass(a, b)]
+    @pytest.mark.parametrize("cls", FATAL_KINDS)
+    def test_no_fatal_kind_is_retriable(self, cls: type[Exception]) -> None:
+        """A retry policy on RetriableError never retries a fatal failure."""
+        assert not issubclass(cls, RetriableError | OwnershipLostError | PoisonEventError)
+
+    def test_every_branch_and_fatal_kind_is_named_in_the_module_docstring(self) -> None:
+        """The drawn tree lists every class, so it cannot drift from the code."""
+        import sensorstream.schema._errors as errors_module
+
+        doc = errors_module.__doc__ or ""
+
+        assert [] == [cls.__name__ for cls in BRANCHES + FATAL_KINDS if cls.__name__ not in doc]
 
 
 class TestPoisonEventError:

@@ -19,8 +19,11 @@ CONTRACT = {
     "SensorstreamError",
     "PoisonEventError",
     "RetriableError",
+    "OwnershipLostError",
     "FatalError",
     "ConfigError",
+    "RecordTooLargeError",
+    "RetriesExhaustedError",
     "WindowAggregate",
     "encode_aggregate",
     "decode_aggregate",
@@ -29,6 +32,11 @@ CONTRACT = {
     "encode_alert",
     "decode_alert",
     "DeadLetterHeaders",
+    "TOPOLOGY",
+    "TopicRole",
+    "TopicSpec",
+    "Topology",
+    "min_insync_replicas",
 }
 
 
@@ -36,6 +44,10 @@ class TestPublicApi:
     def test_exports_the_whole_contract(self) -> None:
         """Every contracted name is in __all__."""
         assert set() == CONTRACT - set(schema.__all__)
+
+    def test_exports_only_public_names(self) -> None:
+        """No private (underscore) name is part of the contract."""
+        assert [] == [name for name in schema.__all__ if name.startswith("_")]
 
     def test_everything_exported_exists(self) -> None:
         """__all__ lists no name the package lacks."""

@@ -33,11 +33,21 @@ from ._constants import (
     TEMPERATURE_RANGE,
 )
 from ._dead_letter import DeadLetterHeaders, DeadLetterReason
-from ._errors import ConfigError, FatalError, PoisonEventError, RetriableError, SensorstreamError
+from ._errors import (
+    ConfigError,
+    FatalError,
+    OwnershipLostError,
+    PoisonEventError,
+    RecordTooLargeError,
+    RetriableError,
+    RetriesExhaustedError,
+    SensorstreamError,
+)
 from ._models import Alert, AlertKind, SensorReading, WindowAggregate
 from ._outputs import decode_aggregate, decode_alert, encode_aggregate, encode_alert
 from ._reading import decode_reading, encode_reading, parse_reading
 from ._rejection import Rejection, RejectReason
+from ._topology import TOPOLOGY, TopicRole, TopicSpec, Topology, min_insync_replicas
 
 __all__ = [
     "AGGREGATES_TOPIC",
@@ -54,18 +64,25 @@ __all__ = [
     "SENSOR_ID_PATTERN",
     "SEQ_RANGE",
     "TEMPERATURE_RANGE",
+    "TOPOLOGY",
     "Alert",
     "AlertKind",
     "ConfigError",
     "DeadLetterHeaders",
     "DeadLetterReason",
     "FatalError",
+    "OwnershipLostError",
     "PoisonEventError",
+    "RecordTooLargeError",
     "RejectReason",
     "Rejection",
     "RetriableError",
+    "RetriesExhaustedError",
     "SensorReading",
     "SensorstreamError",
+    "TopicRole",
+    "TopicSpec",
+    "Topology",
     "WindowAggregate",
     "decode_aggregate",
     "decode_alert",
@@ -73,5 +90,6 @@ __all__ = [
     "encode_aggregate",
     "encode_alert",
     "encode_reading",
+    "min_insync_replicas",
     "parse_reading",
 ]

@@ -11,16 +11,19 @@ import re
 import uuid
 from typing import Final
 
+from ._topology import TOPOLOGY
+
 SCHEMA_VERSION: Final = 1
 """The version a v1 producer writes in every event's ``schema_version`` field."""
 
 LEGACY_SCHEMA_VERSION: Final = 0
 """What ``SensorReading.schema_version`` reports for an event upgraded from the v0 format."""
 
-INPUT_TOPIC: Final = "sensor-data"
-AGGREGATES_TOPIC: Final = "sensor-aggregates"
-ALERTS_TOPIC: Final = "sensor-alerts"
-DLQ_TOPIC: Final = "sensor-data.dlq"
+# The default topic names, as declared in topology.toml (with each topic's layout and configs).
+INPUT_TOPIC: Final = TOPOLOGY.input.name
+AGGREGATES_TOPIC: Final = TOPOLOGY.aggregates.name
+ALERTS_TOPIC: Final = TOPOLOGY.alerts.name
+DLQ_TOPIC: Final = TOPOLOGY.dlq.name
 
 MAX_EVENT_BYTES: Final = 64 * 1024
 """Larger payloads are rejected as ``too_large`` before any parsing is attempted."""

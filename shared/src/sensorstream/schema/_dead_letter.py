@@ -21,7 +21,7 @@ MAX_ERROR_BYTES: Final = 1000
 
 
 class DeadLetterReason(enum.StrEnum):
-    """Why an event went to the dead-letter topic: every RejectReason, plus two more.
+    """Why an event went to the dead-letter topic: every RejectReason, plus three more.
 
     ``DeadLetterReason(reject_reason)`` converts, since the values are shared.
     """
@@ -41,6 +41,9 @@ class DeadLetterReason(enum.StrEnum):
     """A valid event made a processing step raise PoisonEventError or fail for good."""
     LATE_EVENT = "late_event"
     """The event arrived after its window closed (beyond the allowed lateness)."""
+    FUTURE_EVENT_TIME = "future_event_time"
+    """The event's time lies further ahead of the processor's clock than it allows
+    (``--max-future-skew``): a device with a wrong clock, not a reading to window."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +60,12 @@ class DeadLetterHeaders:
     """The original record's Kafka timestamp, epoch milliseconds."""
     instance: str
     """Which processor instance dead-lettered it (host name or pod name)."""
+    lateness_ms: int | None = None
+    """``late_event`` only: how far behind its partition's newest event time it was."""
+    original_size: int | None = None
+    """Only when the value was cut to fit the DLQ: the original value's size in bytes."""
+    sha256: str | None = None
+    """Only when the value was cut: the hex SHA-256 of the original value."""
 
     @classmethod
     def for_rejection(
@@ -92,6 +101,15 @@ class DeadLetterHeaders:
             (f"{HEADER_PREFIX}offset", str(self.original_offset).encode()),
             (f"{HEADER_PREFIX}timestamp", str(self.original_timestamp).encode()),
             (f"{HEADER_PREFIX}instance", self.instance.encode()),
+            *(
+                (f"{HEADER_PREFIX}{name}", str(value).encode())
+                for name, value in (
+                    ("lateness_ms", self.lateness_ms),
+                    ("original_size", self.original_size),
+                    ("sha256", self.sha256),
+                )
+                if value is not None
+            ),
         ]
 
     @classmethod
@@ -110,6 +128,9 @@ class DeadLetterHeaders:
             if key not in ours:
                 raise ValueError(f"header {HEADER_PREFIX}{key} is missing from the DLQ record")
             return bytes(ours[key]).decode("utf-8", errors="replace")
+
+        def optional_number(key: str) -> int | None:
+            return number(key) if key in ours else None
 
         def number(key: str) -> int:
             value = text(key)
@@ -136,6 +157,9 @@ class DeadLetterHeaders:
             original_offset=number("offset"),
             original_timestamp=number("timestamp"),
             instance=text("instance"),
+            lateness_ms=optional_number("lateness_ms"),
+            original_size=optional_number("original_size"),
+            sha256=text("sha256") if "sha256" in ours else None,
         )
 
 
