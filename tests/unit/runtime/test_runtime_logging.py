@@ -10,6 +10,21 @@ from pydantic import SecretStr
 from sensorstream.runtime import configure_logging, redact_secrets
 
 
+@pytest.fixture(autouse=True)
+def _restored_logging() -> object:
+    """configure_logging binds the test's captured stderr: undo it after each test, or
+    later tests would log to a closed file."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 class TestRedactSecrets:
     def test_masks_secret_keys_and_secretstr(self) -> None:
         """Values under secret-looking keys and any SecretStr are masked."""

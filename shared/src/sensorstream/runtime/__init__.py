@@ -8,15 +8,20 @@ Nothing here knows about sensors or windows; that lives in ``sensorstream.schema
 from sensorstream.schema import (
     ConfigError,
     FatalError,
+    OwnershipLostError,
     PoisonEventError,
+    RecordTooLargeError,
     RetriableError,
+    RetriesExhaustedError,
     SensorstreamError,
 )
 
+from .errors import kafka_errors, translate_kafka_error
 from .http import ObservabilityServer, Readiness
-from .kafka import KafkaUnavailableError, TopicLayout, client_options, connect_admin, ensure_topic
+from .kafka import KafkaUnavailableError, client_options, connect_admin, startup_policy
 from .lifecycle import EXIT_FATAL, StopSignal, run_service
 from .logging import configure_logging, redact_secrets
+from .retry import RetryPolicy, instrument_retries, retry
 from .settings import (
     ENV_PREFIX,
     EXIT_BAD_SETTING,
@@ -26,6 +31,7 @@ from .settings import (
     load_settings,
     parse_bootstrap_servers,
 )
+from .topics import TopicState, ensure_topics
 
 __all__ = [
     "ENV_PREFIX",
@@ -37,19 +43,28 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "ObservabilityServer",
+    "OwnershipLostError",
     "PoisonEventError",
     "Readiness",
+    "RecordTooLargeError",
     "RetriableError",
+    "RetriesExhaustedError",
+    "RetryPolicy",
     "SensorstreamError",
     "ServiceSettings",
     "StopSignal",
-    "TopicLayout",
+    "TopicState",
     "client_options",
     "configure_logging",
     "connect_admin",
-    "ensure_topic",
+    "ensure_topics",
+    "instrument_retries",
+    "kafka_errors",
     "load_settings",
     "parse_bootstrap_servers",
     "redact_secrets",
+    "retry",
     "run_service",
+    "startup_policy",
+    "translate_kafka_error",
 ]

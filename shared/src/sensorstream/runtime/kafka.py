@@ -1,51 +1,31 @@
-"""Kafka connection plumbing shared by the services: client options, start-up
-retries and topic creation.
+"""Kafka connection plumbing shared by the services: client options and the admin
+connection at start-up.
 
-aiokafka errors are translated here, at the boundary, into the project's own
-tree (:class:`RetriableError`, :class:`FatalError`) with ``raise ... from exc``,
-so service code never matches on client internals.
+Client errors are translated into the project's tree by ``sensorstream.runtime.errors``
+and retried by ``sensorstream.runtime.retry``; nothing here loops by hand.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import structlog
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
 
-from sensorstream.schema import ConfigError, FatalError
+from sensorstream.schema import ConfigError, FatalError, RetriesExhaustedError
 
+from .errors import kafka_errors
+from .retry import RetryPolicy, retry
 from .settings import ServiceSettings
 
-__all__ = [
-    "KafkaUnavailableError",
-    "TopicLayout",
-    "client_options",
-    "connect_admin",
-    "ensure_topic",
-]
+__all__ = ["KafkaUnavailableError", "client_options", "connect_admin", "startup_policy"]
 
 log = structlog.get_logger("sensorstream.kafka")
 
 
 class KafkaUnavailableError(FatalError):
     """The broker could not be reached within the start-up timeout."""
-
-
-class TopicLayout:
-    """The partition count and replication factor a topic was found or created with."""
-
-    __slots__ = ("created", "name", "partitions", "replication_factor")
-
-    def __init__(self, name: str, partitions: int, replication_factor: int, created: bool) -> None:
-        self.name = name
-        self.partitions = partitions
-        self.replication_factor = replication_factor
-        self.created = created
 
 
 def client_options(settings: ServiceSettings) -> dict[str, Any]:
@@ -70,45 +50,38 @@ def client_options(settings: ServiceSettings) -> dict[str, Any]:
     return options
 
 
-async def connect_admin(settings: ServiceSettings) -> AIOKafkaAdminClient:
-    """Connect an admin client, retrying with backoff for ``startup_timeout`` seconds.
+def startup_policy(settings: ServiceSettings) -> RetryPolicy:
+    """Retries at start-up: backoff up to 5 s for ``--startup-timeout`` seconds."""
+    return RetryPolicy(budget=settings.startup_timeout, wait_initial=0.25, wait_max=5.0)
 
-    Each failed attempt is logged; when time runs out a :class:`KafkaUnavailableError`
-    says where it tried and which setting to change.
+
+async def connect_admin(settings: ServiceSettings) -> AIOKafkaAdminClient:
+    """Connect an admin client, retrying an unreachable broker for ``startup_timeout`` s.
+
+    Each failed attempt is logged (``retry_scheduled``); when time runs out a
+    :class:`KafkaUnavailableError` says where it tried and which setting to change.
     """
-    deadline = time.monotonic() + settings.startup_timeout
-    delay = 0.25
-    attempt = 0
-    while True:
-        attempt += 1
+
+    async def connect() -> AIOKafkaAdminClient:
         admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=5000)
         try:
-            await admin.start()
-            await admin.describe_cluster()
-        except (KafkaError, OSError) as exc:
+            with kafka_errors(f"connecting to Kafka at {settings.bootstrap_servers}"):
+                await admin.start()
+                await admin.describe_cluster()
+        except BaseException:
             await _close_quietly(admin)
-            remaining = deadline - time.monotonic()
-            log.warning(
-                "kafka_connect_failed",
-                attempt=attempt,
-                bootstrap_servers=settings.bootstrap_servers,
-                error=str(exc) or type(exc).__name__,
-                retry_in=round(min(delay, max(remaining, 0)), 2),
-            )
-            if remaining <= 0:
-                raise KafkaUnavailableError(
-                    f"cannot reach Kafka at {settings.bootstrap_servers} after {attempt} "
-                    f"attempts in {settings.startup_timeout:g}s (last error: "
-                    f"{str(exc) or type(exc).__name__}). Is the broker running? Set "
-                    "--bootstrap-servers / SENSORSTREAM_BOOTSTRAP_SERVERS, or raise "
-                    "SENSORSTREAM_STARTUP_TIMEOUT."
-                ) from exc
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 5.0)
-        else:
-            if attempt > 1:
-                log.info("kafka_connected", attempt=attempt)
-            return admin
+            raise
+        return admin
+
+    try:
+        return await retry("connect", connect, policy=startup_policy(settings))
+    except RetriesExhaustedError as exc:
+        raise KafkaUnavailableError(
+            f"cannot reach Kafka at {settings.bootstrap_servers} within "
+            f"{settings.startup_timeout:g} s (last error: {exc.__cause__}). Is the broker "
+            "running? Set --bootstrap-servers / SENSORSTREAM_BOOTSTRAP_SERVERS, or raise "
+            "SENSORSTREAM_STARTUP_TIMEOUT."
+        ) from exc
 
 
 async def _close_quietly(admin: AIOKafkaAdminClient) -> None:
@@ -116,61 +89,3 @@ async def _close_quietly(admin: AIOKafkaAdminClient) -> None:
         await admin.close()
     except Exception:  # closing a client that never connected may fail in any way
         log.debug("admin_close_failed", exc_info=True)
-
-
-async def ensure_topic(
-    admin: AIOKafkaAdminClient,
-    name: str,
-    *,
-    partitions: int,
-    replication_factor: int,
-    configs: dict[str, str] | None = None,
-) -> TopicLayout:
-    """Create ``name`` if it is missing; return the layout it actually has.
-
-    An existing topic is never altered: callers compare ``partitions`` with what
-    they asked for and say so when it differs.
-    """
-    new_topic = NewTopic(
-        name=name,
-        num_partitions=partitions,
-        replication_factor=replication_factor,
-        topic_configs=configs or {},
-    )
-    try:
-        response = await admin.create_topics([new_topic])
-        error_code, error_message = _topic_error(response, name)
-        if error_code not in (0, TopicAlreadyExistsError.errno):
-            raise for_code(error_code)(error_message)
-    except KafkaError as exc:
-        raise ConfigError(
-            f"cannot create topic {name!r} with {partitions} partitions and replication "
-            f"factor {replication_factor}: {exc}. Check --partitions and "
-            "--replication-factor against the cluster size."
-        ) from exc
-    created = error_code == 0
-    actual_partitions, actual_rf = await _describe(admin, name)
-    return TopicLayout(name, actual_partitions, actual_rf, created)
-
-
-def _topic_error(response: Any, name: str) -> tuple[int, str]:
-    for entry in response.topic_errors:
-        if entry[0] == name:
-            return int(entry[1]), str(entry[2]) if len(entry) > 2 else ""
-    return 0, ""
-
-
-async def _describe(admin: AIOKafkaAdminClient, name: str) -> tuple[int, int]:
-    # Metadata can lag a fresh create by a moment; poll briefly rather than sleep.
-    for _ in range(50):
-        described = await admin.describe_topics([name])
-        for topic in described:
-            if (
-                topic.get("topic") == name
-                and topic.get("partitions")
-                and not topic.get("error_code")
-            ):
-                parts = topic["partitions"]
-                return len(parts), len(parts[0].get("replicas", []))
-        await asyncio.sleep(0.1)
-    raise ConfigError(f"topic {name!r} did not appear in the cluster metadata")

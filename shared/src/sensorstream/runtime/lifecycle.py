@@ -5,10 +5,13 @@ request (a second one exits at once), runs the service's main coroutine and maps
 the outcome to an exit status:
 
 - 0: stopped cleanly;
-- 1: a fatal runtime error (broker unreachable, auth failure), one line on stderr;
+- 1: a fatal runtime error (broker unreachable, auth failure, retries exhausted, a
+  shutdown that did not finish in time), one line on stderr;
 - 2: a bad setting, one line on stderr naming it.
 
-No traceback reaches the user for an error the project knows about.
+A service runs its tasks in an ``asyncio.TaskGroup``, so a failure arrives wrapped in
+an exception group: the first of our errors in it decides the exit status. No
+traceback reaches the user for an error the project knows about.
 """
 
 from __future__ import annotations
@@ -79,12 +82,39 @@ def run_service(main: Callable[[StopSignal], Coroutine[Any, Any, int]], *, prog:
 
     try:
         return uvloop.run(runner())
-    except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_SETTING
-    except FatalError as exc:
-        log.error("service_failed", error=str(exc))
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except (FatalError, BaseExceptionGroup) as exc:
+        fatal = _first_fatal(exc)
+        if fatal is None:
+            if isinstance(exc, BaseExceptionGroup):
+                # A second signal's SystemExit (or Ctrl-C) that a task group wrapped.
+                exit_, _ = exc.split(SystemExit)
+                if exit_ is not None:
+                    return EXIT_FATAL
+                interrupted, _ = exc.split(KeyboardInterrupt)
+                if interrupted is not None:
+                    return EXIT_FATAL
+            raise
+        if isinstance(fatal, ConfigError):
+            print(f"{prog}: error: {fatal}", file=sys.stderr)
+            return EXIT_BAD_SETTING
+        log.error("service_failed", error=str(fatal))
+        print(f"{prog}: error: {fatal}", file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:
         return EXIT_FATAL
+    finally:
+        # uvloop leaves its closed loop's handlers installed; give the process its defaults.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _first_fatal(exc: BaseException) -> FatalError | None:
+    """``exc`` itself, or the first FatalError inside a (nested) exception group."""
+    if isinstance(exc, FatalError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_fatal(inner)
+            if found is not None:
+                return found
+    return None

@@ -28,13 +28,14 @@ from sensorstream.runtime import (
     client_options,
     configure_logging,
     connect_admin,
-    ensure_topic,
+    ensure_topics,
+    startup_policy,
 )
+from sensorstream.schema import TOPOLOGY
 
 from ._alerts import AlertThresholds
 from ._consumer import ProcessorConsumer
 from ._metrics import ProcessorMetrics
-from ._outputs import MAX_OUTPUT_BYTES
 from ._pipeline import PipelineConfig
 from .handler import Handler, load_handler
 from .settings import ProcessorSettings
@@ -138,22 +139,21 @@ class ProcessorService:
 
     async def _prepare_topics(self, admin: AIOKafkaAdminClient, stop: StopSignal) -> None:
         settings = self.settings
-        for name in (settings.aggregates_topic, settings.alerts_topic, settings.dlq_topic):
-            configs = {"max.message.bytes": str(MAX_OUTPUT_BYTES)}
-            layout = await ensure_topic(
-                admin,
-                name,
-                partitions=settings.output_partitions,
-                replication_factor=settings.replication_factor,
-                configs=configs if name == settings.dlq_topic else None,
-            )
-            log.info(
-                "topic_ready",
-                topic=name,
-                partitions=layout.partitions,
-                replication_factor=layout.replication_factor,
-                created=layout.created,
-            )
+        declared = TOPOLOGY.configured(
+            partitions=settings.output_partitions,
+            replication_factor=settings.replication_factor,
+            names={
+                "aggregates": settings.aggregates_topic,
+                "alerts": settings.alerts_topic,
+                "dlq": settings.dlq_topic,
+            },
+        )
+        await ensure_topics(
+            admin,
+            declared.outputs,
+            bootstrap=settings.bootstrap_servers,
+            policy=startup_policy(settings),
+        )
         # The input topic belongs to the producers: wait for it rather than guess its layout.
         deadline = time.monotonic() + settings.startup_timeout
         waited = False

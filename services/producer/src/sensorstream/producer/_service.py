@@ -31,8 +31,10 @@ from sensorstream.runtime import (
     client_options,
     configure_logging,
     connect_admin,
-    ensure_topic,
+    ensure_topics,
+    startup_policy,
 )
+from sensorstream.schema import TOPOLOGY
 
 from ._metrics import ProducerMetrics
 from ._pacing import (
@@ -175,34 +177,24 @@ class ProducerService:
             await self.server.stop()
 
     async def _prepare_topic(self) -> int:
+        """Create the input topic from the declared topology (or check the existing one)."""
         settings = self.settings
+        spec = TOPOLOGY.configured(
+            partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+            names={"input": settings.topic},
+        ).input
         admin = await connect_admin(settings)
         try:
-            layout = await ensure_topic(
+            [state] = await ensure_topics(
                 admin,
-                settings.topic,
-                partitions=settings.partitions,
-                replication_factor=settings.replication_factor,
+                [spec],
+                bootstrap=settings.bootstrap_servers,
+                policy=startup_policy(settings),
             )
         finally:
             await admin.close()
-        if layout.created:
-            log.info(
-                "topic_created",
-                topic=layout.name,
-                partitions=layout.partitions,
-                replication_factor=layout.replication_factor,
-            )
-        elif layout.partitions < settings.partitions:
-            log.warning(
-                "topic_has_fewer_partitions",
-                topic=layout.name,
-                partitions=layout.partitions,
-                asked=settings.partitions,
-                hint="the topic already existed and is never altered; add partitions with "
-                "kafka-topics --alter, or lower --partitions",
-            )
-        return layout.partitions
+        return state.partitions
 
     async def _start_producer(self) -> Any:
         settings = self.settings
