@@ -11,8 +11,18 @@ single node is ``127.0.0.1:9092`` (controller 9192); three nodes are 9092-9094
 
 Layout:
   .cache/kafka/<version>/libs/     jars resolved by Maven (``.complete`` marks success)
-  <data-dir>/state.json            pids and ports of the running nodes
+  <data-dir>/state.json            ports and last pids of the cluster's nodes
+  <data-dir>/cluster.json          the cluster id and node count (kept across restarts)
   <data-dir>/node-<id>/            server.properties, log4j2.xml, server.log, data/
+
+Chaos tests take single nodes down and bring them back (``stop_node``/``start_node``,
+``kafkactl node stop|start N``): the state file keeps recording a stopped node, so
+``recorded`` still knows its ports while ``status`` reports the cluster as not running.
+``stop`` followed by ``start`` with the same ports and data dir restarts a whole
+cluster on its existing data.
+
+``kafkactl topic create`` takes the partitions, replication factor and configs of the
+pipeline's own topics from their one declaration, ``shared/.../schema/topology.toml``.
 
 This module uses the standard library only, so it runs before ``uv sync``. It must never
 touch a process it did not start: ``stop`` only signals the pids in its own state file,
@@ -23,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import contextlib
 import fcntl
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -35,26 +47,36 @@ import struct
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 __all__ = [
     "DEFAULT_PORT",
+    "DeclaredTopic",
     "KafkaCluster",
     "KafkaNode",
     "KafkactlError",
+    "Topology",
     "fetch",
     "kafka_version",
+    "live_nodes",
+    "load_topology",
     "main",
+    "recorded",
     "start",
+    "start_node",
     "status",
     "stop",
+    "stop_node",
+    "topic_create_argv",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POM = Path(__file__).resolve().parent / "pom.xml"
+TOPOLOGY_FILE = REPO_ROOT / "shared" / "src" / "sensorstream" / "schema" / "topology.toml"
 CACHE_ROOT = REPO_ROOT / ".cache" / "kafka"
 DEFAULT_DATA_DIR = CACHE_ROOT / "run"
 DEFAULT_PORT = 9092
@@ -62,11 +84,22 @@ CONTROLLER_PORT_OFFSET = 100
 DEFAULT_START_TIMEOUT = 60.0
 STOP_GRACE_SECONDS = 20.0
 QUORUM_LOST_GRACE_SECONDS = 2.0
+PORT_RELEASE_SECONDS = 2.0
 MIN_JAVA = 17
 HOST = "127.0.0.1"
 STATE_FILE = "state.json"
+STATE_LOCK = ".state.lock"
 BROKER_MAIN = "kafka.Kafka"
 EXIT_NOT_RUNNING = 3
+# How long the controller waits for a silent broker before fencing it, which also drops
+# it from every ISR and moves its leaderships. With Kafka's defaults (heartbeat 2 s,
+# session 9 s) a killed node of three holds its partitions for ~9-18 s, and a killed node
+# that restarts is refused (DUPLICATE_BROKER_REGISTRATION) until its old session ends:
+# a single node took 12 s instead of 4 s to come back. Chaos tests want both in a few
+# seconds. Six heartbeats per session still ride out a GC pause or a busy CPU (three
+# JVMs on a laptop) without fencing a live broker.
+BROKER_HEARTBEAT_INTERVAL_MS = 500
+BROKER_SESSION_TIMEOUT_MS = 3000
 
 
 class KafkactlError(Exception):
@@ -96,6 +129,14 @@ class KafkaCluster:
     def bootstrap(self) -> str:
         """Comma-joined client addresses, e.g. ``127.0.0.1:9092``."""
         return ",".join(node.address for node in self.nodes)
+
+    def node(self, node_id: int) -> KafkaNode:
+        """The node with ``node_id``; KafkactlError naming the known ids if there is none."""
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
+        known = ", ".join(str(node.node_id) for node in self.nodes)
+        raise KafkactlError(f"no node {node_id} in the cluster at {self.data_dir} (nodes: {known})")
 
 
 # --------------------------------------------------------------------------- fetch
@@ -243,6 +284,13 @@ def server_properties(
         "transaction.state.log.num.partitions": 6,
         "num.network.threads": 2,
         "num.io.threads": 4,
+        # Fence a dead broker, and take a restarted one back, within seconds (see
+        # BROKER_SESSION_TIMEOUT_MS). Fencing is what shrinks the ISRs of a killed or
+        # stopped node, so replica.lag.time.max.ms keeps its 30 s: it only drops a live
+        # follower that falls behind, and lowered on a shared CPU it would shrink ISRs,
+        # and fail min-ISR-2 writes, with no node down.
+        "broker.heartbeat.interval.ms": BROKER_HEARTBEAT_INTERVAL_MS,
+        "broker.session.timeout.ms": BROKER_SESSION_TIMEOUT_MS,
     }
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
@@ -280,6 +328,8 @@ TOOL_LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 
 def _pid_is_node(pid: int, data_dir: Path) -> bool:
     """True while ``pid`` is a live broker of ``data_dir`` (not a reused pid, not a zombie)."""
+    if pid <= 0:  # never signal our own process group (0) or everything (-1)
+        return False
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)  # reap it if it was our child (the pytest fixture)
     try:
@@ -292,7 +342,8 @@ def _pid_is_node(pid: int, data_dir: Path) -> bool:
     if cmdline == [b""]:  # just exec'ed: the kernel has not filled in the arguments yet
         return "(java)" in stat
     args = [arg.decode(errors="replace") for arg in cmdline]
-    return BROKER_MAIN in args and any(arg.startswith(str(data_dir)) for arg in args)
+    inside = str(data_dir) + os.sep  # so that .../run1 is not mistaken for .../run10
+    return BROKER_MAIN in args and any(arg.startswith(inside) for arg in args)
 
 
 def _read_state(data_dir: Path) -> KafkaCluster | None:
@@ -309,6 +360,24 @@ def _write_state(cluster: KafkaCluster) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(cluster), indent=2) + "\n")
     tmp.replace(path)
+
+
+def _record_pid(data_dir: Path, node_id: int, pid: int) -> KafkaCluster:
+    """Rewrite the state file with ``node_id``'s new pid; the other nodes stay as recorded."""
+    # Two nodes may be started at once (from two threads or shells): read-modify-write
+    # under a lock, so neither loses the other's pid.
+    with _locked(data_dir / STATE_LOCK):
+        cluster = _read_state(data_dir)
+        if cluster is None:
+            raise KafkactlError(
+                f"the state file in {data_dir} vanished while node {node_id} started"
+            )
+        nodes = tuple(
+            replace(node, pid=pid) if node.node_id == node_id else node for node in cluster.nodes
+        )
+        cluster = replace(cluster, nodes=nodes)
+        _write_state(cluster)
+    return cluster
 
 
 def _port_in_use(port: int) -> bool:
@@ -328,6 +397,53 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return (32768, 60999)  # Linux's default
+    return (int(low), int(high))
+
+
+def stable_free_ports(count: int, *, lowest: int = 20000) -> list[int]:
+    """``count`` distinct free ports below the kernel's ephemeral range, ascending.
+
+    A port the kernel picked (``free_port``) is an ephemeral port, which any outgoing
+    connection may take as its source port while the node that owns it is down; then
+    the node cannot come back on it. Ports below the ephemeral range are only ever taken
+    by a process that binds them on purpose.
+    """
+    highest = _ephemeral_port_range()[0] - 1
+    if highest - lowest < 10 * count:
+        lowest = 1024
+    picked: set[int] = set()
+    # A random probe order: two test sessions starting at once rarely pick the same port.
+    for candidate in random.sample(range(lowest, highest + 1), highest + 1 - lowest):
+        if not _port_in_use(candidate):
+            picked.add(candidate)
+            if len(picked) == count:
+                return sorted(picked)
+    raise KafkactlError(f"found only {len(picked)} free ports in {lowest}-{highest}")
+
+
+def recorded(data_dir: Path = DEFAULT_DATA_DIR) -> KafkaCluster | None:
+    """The cluster the state file of ``data_dir`` records, whether its nodes are up or not.
+
+    Its ``pid`` fields are the last known ones; ``live_nodes`` says which still run.
+    None when no cluster was started from ``data_dir`` (or ``stop`` cleared it).
+    """
+    return _read_state(Path(data_dir).resolve())
+
+
+def live_nodes(data_dir: Path = DEFAULT_DATA_DIR) -> tuple[KafkaNode, ...]:
+    """The recorded nodes of ``data_dir`` whose broker process is running right now."""
+    data_dir = Path(data_dir).resolve()
+    cluster = _read_state(data_dir)
+    if cluster is None:
+        return ()
+    return tuple(node for node in cluster.nodes if _pid_is_node(node.pid, data_dir))
+
+
 def status(data_dir: Path = DEFAULT_DATA_DIR) -> KafkaCluster | None:
     """The cluster running from ``data_dir``, or None when any of its nodes is down."""
     data_dir = Path(data_dir).resolve()
@@ -339,19 +455,44 @@ def status(data_dir: Path = DEFAULT_DATA_DIR) -> KafkaCluster | None:
     return None
 
 
+def _signal_node(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signum)  # each node leads its own session
+
+
+def _still_exiting(pid: int) -> bool:
+    """A zombie main thread whose other threads still run, and still hold its sockets."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X") and threads > 1
+
+
+def _wait_until_gone(pids: Sequence[int], data_dir: Path) -> None:
+    """Return once every pid has exited and released its ports (a restart binds them)."""
+    for pid in pids:
+        while _pid_is_node(pid, data_dir) or _still_exiting(pid):
+            time.sleep(0.02)
+
+
 def stop(data_dir: Path = DEFAULT_DATA_DIR, *, grace: float = STOP_GRACE_SECONDS) -> bool:
-    """SIGTERM every node, SIGKILL what is left after ``grace`` s. True if any was running."""
+    """SIGTERM every node, SIGKILL what is left after ``grace`` s. True if any was running.
+
+    Forgets the cluster (removes the state file); its data and cluster id stay, so
+    ``start`` with the same ports and data dir brings it back with its topics and offsets.
+    """
     data_dir = Path(data_dir).resolve()
     cluster = _read_state(data_dir)
     if cluster is None:
         return False
     alive = [node.pid for node in cluster.nodes if _pid_is_node(node.pid, data_dir)]
-    was_running = bool(alive)
+    signalled = list(alive)
     # Signal all nodes at once: stopped one by one, the last ones lose their quorum and
     # wait for a controller that never comes back.
     for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)  # each node leads its own session
+        _signal_node(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     # Once a majority of the controller quorum is gone, the nodes left wait for a
     # controller to acknowledge their shutdown that can never come; don't wait long.
@@ -362,13 +503,95 @@ def stop(data_dir: Path = DEFAULT_DATA_DIR, *, grace: float = STOP_GRACE_SECONDS
         if len(cluster.nodes) > 1 and len(alive) < majority:
             deadline = min(deadline, time.monotonic() + QUORUM_LOST_GRACE_SECONDS)
     for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    for pid in alive:
-        while _pid_is_node(pid, data_dir):
-            time.sleep(0.05)
+        _signal_node(pid, signal.SIGKILL)
+    _wait_until_gone(signalled, data_dir)
     (data_dir / STATE_FILE).unlink(missing_ok=True)
-    return was_running
+    return bool(signalled)
+
+
+def stop_node(
+    data_dir: Path,
+    node_id: int,
+    *,
+    hard: bool = False,
+    grace: float = STOP_GRACE_SECONDS,
+) -> bool:
+    """Take one node down and keep it recorded, so ``start_node`` can bring it back.
+
+    ``hard`` SIGKILLs it (a crash: no controlled shutdown, its leaderships move only
+    once the controller fences it); otherwise SIGTERM, and SIGKILL after ``grace`` s.
+    Returns once the process is gone; True if it was running.
+    """
+    data_dir = Path(data_dir).resolve()
+    cluster = _read_state(data_dir)
+    if cluster is None:
+        raise KafkactlError(f"no cluster recorded in {data_dir}; start one with `kafkactl start`")
+    node = cluster.node(node_id)
+    if not _pid_is_node(node.pid, data_dir):
+        return False
+    _signal_node(node.pid, signal.SIGKILL if hard else signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while not hard and _pid_is_node(node.pid, data_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _pid_is_node(node.pid, data_dir):
+        _signal_node(node.pid, signal.SIGKILL)
+    _wait_until_gone([node.pid], data_dir)
+    return True
+
+
+def start_node(
+    data_dir: Path,
+    node_id: int,
+    *,
+    timeout: float = DEFAULT_START_TIMEOUT,
+    heap: str = "512m",
+) -> KafkaCluster:
+    """Start a stopped node of a recorded cluster again, on its ports and its data.
+
+    Returns once the node answers on its client port and every other live node lists it
+    as a registered (unfenced) broker, with the state file holding its new pid. A node
+    that is already up is left alone.
+    """
+    data_dir = Path(data_dir).resolve()
+    cluster = _read_state(data_dir)
+    if cluster is None:
+        raise KafkactlError(f"no cluster recorded in {data_dir}; start one with `kafkactl start`")
+    node = cluster.node(node_id)
+    if _pid_is_node(node.pid, data_dir):
+        return cluster
+    others_up = sum(
+        1 for n in cluster.nodes if n.node_id != node_id and _pid_is_node(n.pid, data_dir)
+    )
+    majority = len(cluster.nodes) // 2 + 1
+    if others_up + 1 < majority:
+        raise KafkactlError(
+            f"node {node_id} cannot serve: {others_up} other node(s) of {len(cluster.nodes)} "
+            f"are up and the controller quorum needs {majority}; restart the whole cluster "
+            "with `kafkactl stop` and `kafkactl start` on the same ports"
+        )
+    node_dir = data_dir / f"node-{node_id}"
+    if not (node_dir / "data" / "meta.properties").exists():
+        raise KafkactlError(
+            f"{node_dir / 'data'} is not formatted; was node {node_id} ever started?"
+        )
+    # A node killed from elsewhere (kill -9) may hold its ports for a moment longer.
+    deadline = time.monotonic() + PORT_RELEASE_SECONDS
+    while taken := [p for p in (node.port, node.controller_port) if _port_in_use(p)]:
+        if time.monotonic() > deadline:
+            raise KafkactlError(
+                f"port {taken[0]} of node {node_id} is in use by another process; "
+                "free it, or restart the cluster on other ports"
+            )
+        time.sleep(0.05)
+    pid = _launch_node(require_java(), fetch(cluster.version, quiet=True), node_dir, heap)
+    cluster = _record_pid(data_dir, node_id, pid)
+    node = cluster.node(node_id)
+    try:
+        _wait_until_node_serves(cluster, node, timeout)
+    except BaseException:
+        stop_node(data_dir, node_id, hard=True)
+        raise
+    return cluster
 
 
 def start(
@@ -386,6 +609,9 @@ def start(
 
     ``ports``/``controller_ports`` give every node's ports explicitly (the pytest fixture
     picks free ones); otherwise they count up from ``port`` and ``controller_port``.
+    A data dir that held a cluster before keeps its cluster id and data: started on the
+    same ports again, the cluster has its topics and committed offsets back. Any node
+    still running from a partly stopped cluster is stopped first.
     """
     if nodes not in (1, 3):
         raise KafkactlError(f"--nodes must be 1 or 3, got {nodes}")
@@ -430,41 +656,20 @@ def start(
         (node_dir / "log4j2.xml").write_text(log4j2_config(node_dir / "server.log"))
         node_dirs.append(node_dir)
 
-    _format_storage(java, libs, cluster_id, node_dirs)
+    # A restart finds its dirs formatted; skipping them saves a JVM start per node.
+    unformatted = [d for d in node_dirs if not (d / "data" / "meta.properties").exists()]
+    _format_storage(java, libs, cluster_id, unformatted)
 
-    started: list[KafkaNode] = []
-    for node_id, node_dir in enumerate(node_dirs, start=1):
-        log = node_dir / "server.log"
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                [
-                    java,
-                    "-Xms256m",
-                    f"-Xmx{heap}",
-                    "-XX:+UseG1GC",
-                    "-XX:MaxGCPauseMillis=20",
-                    "-Djava.awt.headless=true",
-                    f"-Dlog4j2.configurationFile={node_dir / 'log4j2.xml'}",
-                    "-cp",
-                    classpath(libs),
-                    BROKER_MAIN,
-                    str(node_dir / "server.properties"),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=node_dir,
-            )
-        started.append(
-            KafkaNode(
-                node_id=node_id,
-                port=ports[node_id - 1],
-                controller_port=controller_ports[node_id - 1],
-                pid=process.pid,
-                log=str(log),
-            )
+    started = [
+        KafkaNode(
+            node_id=node_id,
+            port=ports[node_id - 1],
+            controller_port=controller_ports[node_id - 1],
+            pid=_launch_node(java, libs, node_dir, heap),
+            log=str(node_dir / "server.log"),
         )
+        for node_id, node_dir in enumerate(node_dirs, start=1)
+    ]
     cluster = KafkaCluster(version=version, data_dir=str(data_dir), nodes=tuple(started))
     _write_state(cluster)  # before waiting, so `stop` can clean up whatever happens next
 
@@ -474,6 +679,32 @@ def start(
         stop(data_dir, grace=5)
         raise
     return cluster
+
+
+def _launch_node(java: str, libs: Path, node_dir: Path, heap: str) -> int:
+    """Start the broker of ``node_dir`` (configured and formatted) in its own session."""
+    with (node_dir / "server.log").open("ab") as out:
+        process = subprocess.Popen(
+            [
+                java,
+                "-Xms256m",
+                f"-Xmx{heap}",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={node_dir / 'log4j2.xml'}",
+                "-cp",
+                classpath(libs),
+                BROKER_MAIN,
+                str(node_dir / "server.properties"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=node_dir,
+        )
+    return process.pid
 
 
 def _cluster_id_for(data_dir: Path, nodes: int) -> str:
@@ -555,6 +786,45 @@ def _wait_until_serving(cluster: KafkaCluster, timeout: float) -> None:
     )
 
 
+def _wait_until_node_serves(cluster: KafkaCluster, node: KafkaNode, timeout: float) -> None:
+    """Wait until ``node`` and every other live node list ``node`` among their brokers.
+
+    A broker's Metadata answer lists the unfenced brokers only, so this is the moment
+    the controller took the node back and clients can reach its partitions again.
+    """
+    data_dir = Path(cluster.data_dir)
+    deadline = time.monotonic() + timeout
+    last_error = "no answer yet"
+    while time.monotonic() < deadline:
+        if not _pid_is_node(node.pid, data_dir):
+            raise KafkactlError(
+                f"Kafka node {node.node_id} exited during startup; log tail:\n"
+                + _log_tail(Path(node.log))
+            )
+        witnesses = [node] + [
+            other
+            for other in cluster.nodes
+            if other.node_id != node.node_id and _pid_is_node(other.pid, data_dir)
+        ]
+        try:
+            unaware = [
+                witness.node_id
+                for witness in witnesses
+                if node.node_id not in probe_brokers(HOST, witness.port, timeout=1.0)
+            ]
+        except OSError as exc:
+            last_error = str(exc) or type(exc).__name__
+        else:
+            if not unaware:
+                return
+            last_error = f"node {node.node_id} not yet registered as seen by node(s) {unaware}"
+        time.sleep(0.1)
+    raise KafkactlError(
+        f"Kafka node {node.node_id} at {node.address} not serving after {timeout:.0f} s "
+        f"({last_error}); log tail:\n{_log_tail(Path(node.log))}"
+    )
+
+
 def _log_tail(log: Path, lines: int = 25) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
@@ -632,6 +902,111 @@ def probe_brokers(host: str, port: int, *, timeout: float = 1.0) -> list[int]:
         return parse_metadata_brokers(_request(sock, API_METADATA, usable[0], body))
 
 
+# --------------------------------------------------------------------------- topics
+
+
+@dataclass(frozen=True)
+class DeclaredTopic:
+    """One of the pipeline's topics as ``topology.toml`` declares it."""
+
+    role: str
+    name: str
+    configs: dict[str, str]
+    minimums: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The pipeline's topics and a deployment's default partitions and replication."""
+
+    partitions: int
+    replication_factor: int
+    topics: tuple[DeclaredTopic, ...]
+
+    def topic(self, name: str) -> DeclaredTopic | None:
+        """The declared topic called ``name`` (its Kafka name, e.g. ``sensor-data``)."""
+        return next((topic for topic in self.topics if topic.name == name), None)
+
+
+def load_topology(path: Path = TOPOLOGY_FILE) -> Topology:
+    """Read the topic declaration (stdlib ``tomllib``: kafkactl runs before ``uv sync``)."""
+    try:
+        raw = tomllib.loads(path.read_text())
+        defaults = raw["defaults"]
+        topics = tuple(
+            DeclaredTopic(
+                role=role,
+                name=str(spec["name"]),
+                configs={str(k): str(v) for k, v in spec.get("configs", {}).items()},
+                minimums={str(k): str(v) for k, v in spec.get("minimums", {}).items()},
+            )
+            for role, spec in raw["topics"].items()
+        )
+        return Topology(
+            partitions=int(defaults["partitions"]),
+            replication_factor=int(defaults["replication_factor"]),
+            topics=topics,
+        )
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise KafkactlError(f"cannot read the topic declaration {path}: {exc!r}") from exc
+
+
+def min_insync_replicas(replication_factor: int) -> int:
+    """Two acks from three replicas up, so one broker may fail; else every replica."""
+    return 2 if replication_factor >= 3 else 1
+
+
+def _config_setting(text: str) -> str:
+    """argparse type of ``--config``: ``key=value`` with a non-empty key."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--config wants KEY=VALUE, got {text!r}")
+    return text
+
+
+def topic_create_argv(
+    name: str,
+    *,
+    bootstrap: str,
+    partitions: int | None = None,
+    replication_factor: int | None = None,
+    configs: Sequence[str] = (),
+    topology: Topology | None = None,
+    if_not_exists: bool = False,
+) -> list[str]:
+    """TopicCommand's arguments that create ``name`` (``configs`` are ``key=value``).
+
+    For a topic of ``topology``, partitions and replication factor default to its
+    ``[defaults]`` and the topic's ``configs`` and ``minimums`` are set, with
+    ``min.insync.replicas`` to match the replication factor; ``configs`` given here win
+    per key. Any other topic needs ``partitions`` and gets replication factor 1.
+    """
+    declared = topology.topic(name) if topology is not None else None
+    settings: dict[str, str] = {}
+    if topology is not None and declared is not None:
+        partitions = topology.partitions if partitions is None else partitions
+        if replication_factor is None:
+            replication_factor = topology.replication_factor
+        settings |= declared.configs | declared.minimums
+        settings["min.insync.replicas"] = str(min_insync_replicas(replication_factor))
+    elif partitions is None:
+        known = ", ".join(topic.name for topic in topology.topics) if topology else "none"
+        raise KafkactlError(
+            f"--partitions is required for {name}: it is not a declared topic (declared: {known})"
+        )
+    replication_factor = 1 if replication_factor is None else replication_factor
+    for setting in configs:
+        key, _, value = _config_setting(setting).partition("=")
+        settings[key.strip()] = value
+    argv = ["--bootstrap-server", bootstrap, "--create", "--topic", name]
+    argv += ["--partitions", str(partitions), "--replication-factor", str(replication_factor)]
+    for key, value in settings.items():
+        argv += ["--config", f"{key}={value}"]
+    if if_not_exists:
+        argv.append("--if-not-exists")
+    return argv
+
+
 # --------------------------------------------------------------------------- java tools
 
 
@@ -657,13 +1032,19 @@ def java_tool_command(tool: str, args: Sequence[str]) -> list[str]:
 def _bootstrap_for(args: argparse.Namespace) -> str:
     if args.bootstrap_server:
         return str(args.bootstrap_server)
-    cluster = status(args.data_dir)
-    if cluster is None:
+    # The nodes that are up: a cluster with one node stopped still serves.
+    nodes = live_nodes(args.data_dir)
+    if not nodes:
         raise KafkactlError(
             f"no Kafka running from {args.data_dir}; "
             "run `kafkactl start` or pass --bootstrap-server"
         )
-    return cluster.bootstrap
+    return ",".join(node.address for node in nodes)
+
+
+def _run_topic_command(argv: Sequence[str]) -> int:
+    command = java_tool_command("org.apache.kafka.tools.TopicCommand", argv)
+    return subprocess.run(command, check=False).returncode
 
 
 # --------------------------------------------------------------------------- CLI
@@ -699,18 +1080,23 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    cluster = status(args.data_dir)
-    if cluster is None:
+    cluster = recorded(args.data_dir)
+    up = {node.node_id for node in live_nodes(args.data_dir)}
+    if cluster is None or not up:
         print(f"not running (data dir {Path(args.data_dir).resolve()})")
         return EXIT_NOT_RUNNING
-    print(f"running: Kafka {cluster.version}, {len(cluster.nodes)} node(s) from {cluster.data_dir}")
+    down = len(cluster.nodes) - len(up)
+    state = "running" if not down else f"degraded ({down} of {len(cluster.nodes)} down)"
+    print(f"{state}: Kafka {cluster.version}, {len(cluster.nodes)} node(s) from {cluster.data_dir}")
     for node in cluster.nodes:
+        process = f"pid {node.pid}" if node.node_id in up else "DOWN"
         print(
             f"  node {node.node_id}: {node.address} "
-            f"(controller {HOST}:{node.controller_port}) pid {node.pid} log {node.log}"
+            f"(controller {HOST}:{node.controller_port}) {process} log {node.log}"
         )
     print(cluster.bootstrap)
-    return 0
+    # Scripts wait for "all up" (the meaning of `status()`): a degraded cluster is not.
+    return 0 if not down else EXIT_NOT_RUNNING
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
@@ -740,17 +1126,62 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _cmd_topic(args: argparse.Namespace) -> int:
-    command = ["--bootstrap-server", _bootstrap_for(args), "--topic", args.name]
     if args.topic_command == "create":
-        command += ["--create", "--partitions", str(args.partitions)]
-        command += ["--replication-factor", str(args.replication_factor)]
-        for setting in args.config:
-            command += ["--config", setting]
+        argv = topic_create_argv(
+            args.name,
+            bootstrap=_bootstrap_for(args),
+            partitions=args.partitions,
+            replication_factor=args.replication_factor,
+            configs=args.config,
+            topology=load_topology(),
+        )
     else:
-        command += ["--describe"]
-    return subprocess.run(
-        java_tool_command("org.apache.kafka.tools.TopicCommand", command), check=False
-    ).returncode
+        argv = ["--bootstrap-server", _bootstrap_for(args), "--topic", args.name, "--describe"]
+    return _run_topic_command(argv)
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    topology = load_topology()
+    bootstrap = _bootstrap_for(args)
+    argvs = {
+        topic.name: topic_create_argv(
+            topic.name,
+            bootstrap=bootstrap,
+            partitions=args.partitions,
+            replication_factor=args.replication_factor,
+            topology=topology,
+            if_not_exists=True,
+        )
+        for topic in topology.topics
+    }
+    # One JVM per topic, all at once: a JVM start is most of each TopicCommand's time.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(argvs) or 1) as pool:
+        exit_codes = dict(zip(argvs, pool.map(_run_topic_command, argvs.values()), strict=True))
+    failed = [name for name, exit_code in exit_codes.items() if exit_code != 0]
+    if failed:
+        print(f"kafkactl: could not create {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"kafkactl: topics {', '.join(argvs)} exist", file=sys.stderr)
+    return 0
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    if args.node_command == "stop":
+        was_running = stop_node(args.data_dir, args.node_id, hard=args.hard, grace=args.grace)
+        how = "killed" if args.hard else "stopped"
+        outcome = how if was_running else "was not running"
+        print(f"kafkactl: node {args.node_id} {outcome}", file=sys.stderr)
+        return 0
+    cluster = start_node(args.data_dir, args.node_id, timeout=args.timeout)
+    node = cluster.node(args.node_id)
+    took = time.monotonic() - started
+    print(
+        f"kafkactl: node {node.node_id} up at {node.address} (pid {node.pid}) in {took:.1f} s",
+        file=sys.stderr,
+    )
+    print(cluster.bootstrap)
+    return 0
 
 
 def _cmd_run_java_tool(args: argparse.Namespace) -> int:
@@ -758,10 +1189,24 @@ def _cmd_run_java_tool(args: argparse.Namespace) -> int:
     os.execv(command[0], command)  # noqa: S606 -- hand over the terminal and the exit code
 
 
+EXAMPLES = """examples:
+  kafkactl start --nodes 3              three nodes on 9092-9094 (controllers 9192-9194)
+  kafkactl node stop 2 --hard           crash node 2 (SIGKILL); `status` shows it DOWN
+  kafkactl node start 2                 node 2 back on its ports and data, registered again
+  kafkactl topics create --replication-factor 3
+                                        every declared topic, min.insync.replicas=2
+  kafkactl topic create sensor-data --partitions 12
+  kafkactl stop && kafkactl start --nodes 3
+                                        a restart: topics and committed offsets survive
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kafkactl",
         description="Fetch and run a real Apache Kafka (KRaft) broker locally, without Docker.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data_dir = argparse.ArgumentParser(add_help=False)
     data_dir.add_argument(
@@ -791,16 +1236,71 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--node", type=int)
 
+    node = commands.add_parser(
+        "node",
+        help="stop or start one node of a running cluster (chaos testing)",
+        description="Take one node down and bring it back on the same ports and data. "
+        "A stopped node stays recorded: `status` shows it DOWN (and exits 3) until "
+        "`node start` brings it back.",
+    )
+    node_commands = node.add_subparsers(dest="node_command", required=True)
+    node_stop = node_commands.add_parser(
+        "stop", parents=[data_dir], help="SIGTERM one node (SIGKILL after --grace s)"
+    )
+    node_stop.add_argument("node_id", type=int, metavar="N", help="node id (1-based)")
+    node_stop.add_argument(
+        "--hard", action="store_true", help="SIGKILL at once: a crash, no controlled shutdown"
+    )
+    node_stop.add_argument(
+        "--grace",
+        type=float,
+        default=STOP_GRACE_SECONDS,
+        help=f"seconds to wait after SIGTERM before SIGKILL (default {STOP_GRACE_SECONDS:.0f})",
+    )
+    node_start = node_commands.add_parser(
+        "start",
+        parents=[data_dir],
+        help="start a stopped node again; returns when the cluster has it back",
+    )
+    node_start.add_argument("node_id", type=int, metavar="N", help="node id (1-based)")
+    node_start.add_argument("--timeout", type=float, default=DEFAULT_START_TIMEOUT)
+
+    declared_help = (
+        f"A declared topic ({_declared_names()}) takes its partitions, replication factor "
+        f"and configs from {TOPOLOGY_FILE.relative_to(REPO_ROOT)}; any other needs "
+        "--partitions."
+    )
     topic = commands.add_parser("topic", help="create or describe a topic (TopicCommand)")
     topic_commands = topic.add_subparsers(dest="topic_command", required=True)
     for name in ("create", "describe"):
-        sub = topic_commands.add_parser(name, parents=[data_dir])
+        sub = topic_commands.add_parser(
+            name, parents=[data_dir], description=declared_help if name == "create" else None
+        )
         sub.add_argument("name")
         sub.add_argument("--bootstrap-server", help="default: the running local broker")
         if name == "create":
-            sub.add_argument("--partitions", type=int, required=True)
-            sub.add_argument("--replication-factor", type=int, default=1)
-            sub.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+            _add_topic_sizing(sub)
+            sub.add_argument(
+                "--config",
+                action="append",
+                default=[],
+                type=_config_setting,
+                metavar="KEY=VALUE",
+                help="a topic config; wins over the declared one (repeatable)",
+            )
+
+    topics = commands.add_parser("topics", help="create all the pipeline's declared topics")
+    topics_commands = topics.add_subparsers(dest="topics_command", required=True)
+    topics_create = topics_commands.add_parser(
+        "create",
+        parents=[data_dir],
+        help="create every declared topic that does not exist yet",
+        description=f"Create the topics declared in {TOPOLOGY_FILE.relative_to(REPO_ROOT)} "
+        "(skipping those that exist), with their configs and min.insync.replicas to match "
+        "the replication factor.",
+    )
+    topics_create.add_argument("--bootstrap-server", help="default: the running local broker")
+    _add_topic_sizing(topics_create)
 
     tool = commands.add_parser(
         "run-java-tool",
@@ -811,13 +1311,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _declared_names() -> str:
+    try:
+        return ", ".join(topic.name for topic in load_topology().topics)
+    except KafkactlError:
+        return "none readable"  # `-h` still works; `topic create` reports the error
+
+
+def _add_topic_sizing(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--partitions", type=int, help="default: the declaration's (required for others)"
+    )
+    parser.add_argument("--replication-factor", type=int, help="default: the declaration's, else 1")
+
+
 HANDLERS = {
     "fetch": _cmd_fetch,
     "start": _cmd_start,
     "stop": _cmd_stop,
     "status": _cmd_status,
     "logs": _cmd_logs,
+    "node": _cmd_node,
     "topic": _cmd_topic,
+    "topics": _cmd_topics,
     "run-java-tool": _cmd_run_java_tool,
 }
 

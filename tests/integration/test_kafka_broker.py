@@ -1,7 +1,9 @@
 """The local Kafka broker behaves as the pipeline relies on (the foundation's acceptance).
 
-Each test talks to the real broker that ``kafka_bootstrap`` started, through aiokafka
-only, on a topic of its own.
+Each test talks to a real broker through aiokafka only, on a topic of its own: the
+shared ``kafka_bootstrap`` / ``kafka_cluster_bootstrap`` ones, or, for the outage and
+failover tests that take nodes down, brokers of the test's own (``outage_kafka``,
+``failover_cluster``).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
+import kafkactl
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
@@ -18,9 +22,21 @@ from aiokafka.admin import AIOKafkaAdminClient
 from kafka_helpers import consume_all, create_topic, new_topic_name
 from sensorstream.schema import SensorReading, decode_reading, encode_reading
 
+if TYPE_CHECKING:
+    from conftest import FailoverCluster, OutageKafka
+
 SENSORS = 20
 READINGS = 1_000
 GROUP_READ_TIMEOUT = 30.0
+# Outage and failover: records sent at a steady pace, and bounds on how long the cluster
+# may take to react (measured: a restart 3-6 s, a failover 3-7 s).
+FEED_INTERVAL = 0.02
+FEED_BATCH = 20
+FAILOVER_TIMEOUT = 20.0
+REJOIN_TIMEOUT = 30.0
+POLL_INTERVAL = 0.1
+
+T = TypeVar("T")
 
 
 def _readings() -> list[SensorReading]:
@@ -180,6 +196,180 @@ class TestTransactions:
         assert 25 == len(everything)  # the aborted records were written, just not visible
 
 
+class _SteadyFeed:
+    """Sends ``"<n>"`` for n = ``first``, ``first + 1``, ... to one topic every FEED_INTERVAL s.
+
+    ``run`` keeps sending (a send only queues the record while the broker is away) until
+    ``finish``; ``deliveries`` holds every record's delivery future, in order.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, *, first: int) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._finished = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self.sent = first
+        self.deliveries: list[asyncio.Future[object]] = []
+
+    async def run(self) -> None:
+        while not self._finished.is_set():
+            delivery = await self._producer.send(self._topic, str(self.sent).encode())
+            self.deliveries.append(delivery)
+            self.sent += 1
+            async with self._progress:
+                self._progress.notify_all()
+            await asyncio.sleep(FEED_INTERVAL)
+
+    async def wait_until_sent(self, count: int) -> None:
+        """Return once ``count`` records are sent (queued, not necessarily acked)."""
+        async with asyncio.timeout(FEED_INTERVAL * count + 10), self._progress:
+            await self._progress.wait_for(lambda: self.sent >= count)
+
+    def finish(self) -> None:
+        self._finished.set()
+
+
+async def _eventually(
+    ask: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *, within: float
+) -> T:
+    """Ask every POLL_INTERVAL s until ``accept`` takes the answer; return that answer."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not accept(answer := await ask()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"no acceptable answer within {within} s; last: {answer!r}")
+        await asyncio.sleep(POLL_INTERVAL)
+    return answer
+
+
+class TestBrokerOutage:
+    @pytest.mark.parametrize("hard", [False, True], ids=["sigterm", "sigkill"])
+    async def test_idempotent_producer_delivers_exactly_once_across_an_outage(
+        self, outage_kafka: OutageKafka, hard: bool
+    ) -> None:
+        """Records acked before, and sent during and after, a broker outage all arrive once."""
+        bootstrap = outage_kafka.bootstrap
+        topic = new_topic_name("outage")
+        await create_topic(bootstrap, topic, partitions=1)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True
+        )
+        await producer.start()
+        try:
+            await _produce(producer, topic, [f"{i}".encode() for i in range(100)])
+            feed = _SteadyFeed(producer, topic, first=100)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(feed.run())
+                await feed.wait_until_sent(100 + FEED_BATCH)
+                await outage_kafka.stop_async(hard=hard)
+                down_at = feed.sent
+                await feed.wait_until_sent(down_at + FEED_BATCH)
+                await outage_kafka.start_async()
+                up_at = feed.sent
+                await feed.wait_until_sent(up_at + FEED_BATCH)
+                feed.finish()
+            await asyncio.gather(*feed.deliveries)
+        finally:
+            await producer.stop()
+
+        records = await consume_all(bootstrap, topic)
+
+        assert up_at - down_at >= FEED_BATCH  # these were sent while the broker was down
+        assert list(range(feed.sent)) == [int(r.value) for r in records]
+
+
+class TestBrokerRestart:
+    async def test_stop_then_start_on_the_same_ports_keeps_topics_and_offsets(
+        self, outage_kafka: OutageKafka
+    ) -> None:
+        """kafkactl stop, then start on the same ports and data dir: records, offsets are back."""
+        bootstrap = outage_kafka.bootstrap
+        topic = new_topic_name("restart")
+        group = new_topic_name("restart-group")
+        await create_topic(bootstrap, topic, partitions=3)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            await _produce(producer, topic, [f"{i}".encode() for i in range(100)])
+        finally:
+            await producer.stop()
+        await _consume_in_group(bootstrap, topic, group, at_least=100)
+        (node,) = outage_kafka.nodes
+
+        await asyncio.to_thread(kafkactl.stop, outage_kafka.data_dir)
+        forgotten = kafkactl.recorded(outage_kafka.data_dir)
+        await asyncio.to_thread(
+            kafkactl.start,
+            ports=[node.port],
+            controller_ports=[node.controller_port],
+            data_dir=outage_kafka.data_dir,
+        )
+
+        records = await consume_all(bootstrap, topic)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        assert forgotten is None
+        assert list(range(100)) == sorted(int(r.value) for r in records)
+        assert 100 == sum(meta.offset for meta in offsets.values())
+
+
+@pytest.mark.cluster
+class TestLeaderFailover:
+    async def test_killed_leader_is_replaced_and_rejoins_the_isr(
+        self, failover_cluster: FailoverCluster
+    ) -> None:
+        """SIGKILL a partition's leader: another node leads, acks=all writes go on, it rejoins."""
+        cluster = failover_cluster
+        topic = new_topic_name("failover")
+        await create_topic(
+            cluster.bootstrap,
+            topic,
+            partitions=1,
+            replication_factor=3,
+            config={"min.insync.replicas": "2"},
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=cluster.bootstrap, acks="all", enable_idempotence=True
+        )
+        await producer.start()
+        try:
+            await _produce(producer, topic, [f"{i}".encode() for i in range(100)])
+            old_leader = await cluster.leader_of(topic, 0)
+
+            await cluster.stop_node_async(old_leader, hard=True)
+            # Acked by the two replicas left, once the controller has fenced the dead one.
+            await _produce(producer, topic, [f"{i}".encode() for i in range(100, 200)])
+            new_leader = await _eventually(
+                lambda: cluster.leader_of(topic, 0),
+                lambda leader: leader not in (-1, old_leader),
+                within=FAILOVER_TIMEOUT,
+            )
+            isr_while_down = await cluster.isr_of(topic, 0)
+
+            await cluster.start_node_async(old_leader)
+            await _produce(producer, topic, [f"{i}".encode() for i in range(200, 300)])
+            isr = await _eventually(
+                lambda: cluster.isr_of(topic, 0),
+                lambda isr: old_leader in isr,
+                within=REJOIN_TIMEOUT,
+            )
+        finally:
+            await producer.stop()
+
+        records = await consume_all(cluster.bootstrap, topic)
+
+        others = sorted({1, 2, 3} - {old_leader})
+        assert new_leader in others
+        assert others == isr_while_down
+        assert [1, 2, 3] == isr
+        assert list(range(300)) == [int(r.value) for r in records]
+
+
+# Last in the module: the shared three-node cluster starts here and runs to the end of
+# the session, so it never shares the CPU with the failover test's own three nodes.
 @pytest.mark.cluster
 class TestThreeNodeCluster:
     async def test_replicated_topic_takes_acks_all_writes(

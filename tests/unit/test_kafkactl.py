@@ -1,10 +1,18 @@
-"""kafkactl's logic that needs no JVM: config, ports, state and the protocol probe."""
+"""kafkactl's logic that needs no JVM: config, ports, state and the protocol probe.
+
+Node control is tested against stand-in processes whose command line looks like a
+broker's (``kafka.Kafka <data-dir>/node-N/server.properties``), so no Java runs.
+"""
 
 from __future__ import annotations
 
 import socket
 import struct
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import kafkactl
@@ -21,6 +29,55 @@ def busy_port() -> Iterator[int]:
 
 def _properties(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines())
+
+
+SLEEPER = "print('ready', flush=True); import time; time.sleep(120)"
+TERM_IGNORING_SLEEPER = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); " + SLEEPER
+
+
+def _fake_broker(data_dir: Path, node_id: int, code: str = SLEEPER) -> subprocess.Popen[bytes]:
+    """A process that kafkactl takes for node ``node_id`` of ``data_dir``, once it runs."""
+    properties = data_dir / f"node-{node_id}" / "server.properties"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, kafkactl.BROKER_MAIN, str(properties)],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    with process.stdout:  # it prints nothing more
+        assert b"ready\n" == process.stdout.readline()
+    return process
+
+
+def _record(data_dir: Path, pids: list[int]) -> kafkactl.KafkaCluster:
+    cluster = kafkactl.KafkaCluster(
+        version="4.1.1",
+        data_dir=str(data_dir.resolve()),
+        nodes=tuple(
+            kafkactl.KafkaNode(
+                node_id=i,
+                port=19091 + i,
+                controller_port=19191 + i,
+                pid=pid,
+                log=str(data_dir / f"node-{i}" / "server.log"),
+            )
+            for i, pid in enumerate(pids, start=1)
+        ),
+    )
+    kafkactl._write_state(cluster)
+    return cluster
+
+
+@pytest.fixture
+def three_nodes(tmp_path: Path) -> Iterator[kafkactl.KafkaCluster]:
+    """A recorded three-node cluster of stand-in brokers, all up."""
+    processes = [_fake_broker(tmp_path, i) for i in (1, 2, 3)]
+    try:
+        yield _record(tmp_path, [p.pid for p in processes])
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
 
 
 class TestServerProperties:
@@ -63,6 +120,33 @@ class TestServerProperties:
             props["offsets.topic.replication.factor"],
             props["min.insync.replicas"],
         )
+
+    @pytest.mark.parametrize("nodes", [1, 3])
+    def test_a_silent_broker_is_fenced_within_seconds(self, tmp_path: Path, nodes: int) -> None:
+        """Heartbeats every 0.5 s, fenced after 3 s: quick failover, quick return after a crash."""
+        props = _properties(
+            kafkactl.server_properties(
+                node_id=1,
+                ports=[9092 + i for i in range(nodes)],
+                controller_ports=[9192 + i for i in range(nodes)],
+                log_dir=tmp_path,
+            )
+        )
+
+        assert ("500", "3000") == (
+            props["broker.heartbeat.interval.ms"],
+            props["broker.session.timeout.ms"],
+        )
+
+    def test_follower_lag_keeps_kafkas_default(self, tmp_path: Path) -> None:
+        """replica.lag.time.max.ms stays: fencing, not lag, drops a dead node from the ISRs."""
+        props = _properties(
+            kafkactl.server_properties(
+                node_id=1, ports=[9092, 9093, 9094], controller_ports=[1, 2, 3], log_dir=tmp_path
+            )
+        )
+
+        assert "replica.lag.time.max.ms" not in props
 
 
 class TestClusterId:
@@ -116,6 +200,348 @@ class TestStatusAndStop:
         assert kafkactl.status(tmp_path) is None
         assert kafkactl.stop(tmp_path) is False
         assert not (tmp_path / kafkactl.STATE_FILE).exists()
+
+
+class TestStableFreePorts:
+    def test_distinct_free_and_below_the_ephemeral_range(self) -> None:
+        """No outgoing connection can take such a port while its node is down."""
+        low, _ = kafkactl._ephemeral_port_range()
+
+        ports = kafkactl.stable_free_ports(6)
+
+        assert 6 == len(set(ports))
+        assert all(port < low for port in ports)
+        assert not any(kafkactl._port_in_use(port) for port in ports)
+
+
+class TestNodeDown:
+    def test_status_is_none_but_the_cluster_stays_recorded(
+        self, tmp_path: Path, three_nodes: kafkactl.KafkaCluster
+    ) -> None:
+        """With one node killed, status says "not running" and recorded still has all three."""
+        assert kafkactl.stop_node(tmp_path, 2, hard=True) is True
+
+        assert kafkactl.status(tmp_path) is None
+        assert three_nodes == kafkactl.recorded(tmp_path)
+        assert [1, 3] == [node.node_id for node in kafkactl.live_nodes(tmp_path)]
+
+    def test_sigterm_stops_a_node(self, tmp_path: Path, three_nodes: kafkactl.KafkaCluster) -> None:
+        """Without --hard the node gets SIGTERM, and stop_node returns once it is gone."""
+        assert kafkactl.stop_node(tmp_path, 1) is True
+
+        assert [2, 3] == [node.node_id for node in kafkactl.live_nodes(tmp_path)]
+
+    def test_sigkill_follows_when_sigterm_is_ignored(self, tmp_path: Path) -> None:
+        """A node still up after the grace period is killed."""
+        stubborn = _fake_broker(tmp_path, 1, TERM_IGNORING_SLEEPER)
+        _record(tmp_path, [stubborn.pid])
+        started = time.monotonic()
+
+        assert kafkactl.stop_node(tmp_path, 1, grace=0.3) is True
+        assert 0.3 <= time.monotonic() - started < 5
+        assert () == kafkactl.live_nodes(tmp_path)
+        stubborn.wait(timeout=5)  # already reaped by kafkactl: this only updates the Popen
+
+    def test_stopping_a_stopped_node_is_a_no_op(
+        self, tmp_path: Path, three_nodes: kafkactl.KafkaCluster
+    ) -> None:
+        """The second stop_node of a node reports that it was not running."""
+        kafkactl.stop_node(tmp_path, 3, hard=True)
+
+        assert kafkactl.stop_node(tmp_path, 3, hard=True) is False
+
+    def test_unknown_node_names_the_known_ones(
+        self, tmp_path: Path, three_nodes: kafkactl.KafkaCluster
+    ) -> None:
+        """Asking for node 4 of three fails with the ids there are."""
+        with pytest.raises(kafkactl.KafkactlError, match=r"no node 4 .*\(nodes: 1, 2, 3\)"):
+            kafkactl.stop_node(tmp_path, 4)
+
+    def test_nothing_recorded_says_how_to_start(self, tmp_path: Path) -> None:
+        """stop_node and start_node on an empty data dir point to `kafkactl start`."""
+        with pytest.raises(kafkactl.KafkactlError, match="kafkactl start"):
+            kafkactl.stop_node(tmp_path, 1)
+        with pytest.raises(kafkactl.KafkactlError, match="kafkactl start"):
+            kafkactl.start_node(tmp_path, 1)
+
+    def test_start_node_leaves_a_live_node_alone(
+        self, tmp_path: Path, three_nodes: kafkactl.KafkaCluster
+    ) -> None:
+        """Starting a node that is up changes nothing (no second process, same pid)."""
+        assert three_nodes == kafkactl.start_node(tmp_path, 2)
+
+    def test_start_node_needs_a_quorum(
+        self, tmp_path: Path, three_nodes: kafkactl.KafkaCluster
+    ) -> None:
+        """With all three down, one node alone can never serve: refused at once."""
+        for node_id in (1, 2, 3):
+            kafkactl.stop_node(tmp_path, node_id, hard=True)
+
+        with pytest.raises(kafkactl.KafkactlError, match="quorum needs 2"):
+            kafkactl.start_node(tmp_path, 1)
+
+    def test_start_node_needs_formatted_data(
+        self, tmp_path: Path, three_nodes: kafkactl.KafkaCluster
+    ) -> None:
+        """A node whose data dir was never formatted is refused before any JVM starts."""
+        kafkactl.stop_node(tmp_path, 1, hard=True)
+
+        with pytest.raises(kafkactl.KafkactlError, match="is not formatted"):
+            kafkactl.start_node(tmp_path, 1)
+
+    def test_start_node_names_a_taken_port(
+        self, tmp_path: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Another process on the node's own port fails fast with a message naming it."""
+        monkeypatch.setattr(kafkactl, "PORT_RELEASE_SECONDS", 0.1)
+        processes = [_fake_broker(tmp_path, i) for i in (1, 2)]
+        try:
+            cluster = _record(tmp_path, [p.pid for p in processes] + [0])  # node 3 down
+            on_busy_port = replace(cluster.nodes[2], port=busy_port)
+            kafkactl._write_state(replace(cluster, nodes=(*cluster.nodes[:2], on_busy_port)))
+            (tmp_path / "node-3" / "data").mkdir(parents=True)
+            (tmp_path / "node-3" / "data" / "meta.properties").write_text("version=1\n")
+
+            with pytest.raises(
+                kafkactl.KafkactlError, match=f"port {busy_port} of node 3 is in use"
+            ):
+                kafkactl.start_node(tmp_path, 3)
+        finally:
+            for process in processes:
+                process.kill()
+                process.wait()
+
+    def test_a_new_pid_replaces_only_that_node(
+        self, tmp_path: Path, three_nodes: kafkactl.KafkaCluster
+    ) -> None:
+        """The state file gets the restarted node's pid; ports and the other nodes stay."""
+        kafkactl._record_pid(tmp_path.resolve(), 2, 4242)
+
+        recorded = kafkactl.recorded(tmp_path)
+        assert recorded is not None
+        assert [three_nodes.nodes[0].pid, 4242, three_nodes.nodes[2].pid] == [
+            node.pid for node in recorded.nodes
+        ]
+        assert [node.port for node in three_nodes.nodes] == [node.port for node in recorded.nodes]
+
+    def test_stop_signals_the_live_nodes_and_forgets_the_cluster(
+        self, tmp_path: Path, three_nodes: kafkactl.KafkaCluster
+    ) -> None:
+        """stop with a node already down stops the rest and removes the state file."""
+        kafkactl.stop_node(tmp_path, 1, hard=True)
+
+        assert kafkactl.stop(tmp_path, grace=5) is True
+        assert kafkactl.recorded(tmp_path) is None
+        assert () == kafkactl.live_nodes(tmp_path)
+
+    def test_a_longer_data_dir_is_another_cluster(self, tmp_path: Path) -> None:
+        """A broker of .../run10 is no node of .../run1 (whole path components match)."""
+        other = _fake_broker(tmp_path / "run10", 1)
+        try:
+            assert kafkactl._pid_is_node(other.pid, (tmp_path / "run10").resolve())
+            assert not kafkactl._pid_is_node(other.pid, (tmp_path / "run1").resolve())
+        finally:
+            other.kill()
+            other.wait()
+
+
+class TestNodeCommands:
+    def test_node_stop_hard_kills_only_that_node(
+        self, tmp_path: Path, three_nodes: kafkactl.KafkaCluster
+    ) -> None:
+        """`kafkactl node stop 2 --hard` exits 0 and leaves nodes 1 and 3 up."""
+        exit_code = kafkactl.main(["node", "stop", "2", "--hard", "--data-dir", str(tmp_path)])
+
+        assert 0 == exit_code
+        assert [1, 3] == [node.node_id for node in kafkactl.live_nodes(tmp_path)]
+
+    def test_status_shows_the_down_node_and_exits_3(
+        self,
+        tmp_path: Path,
+        three_nodes: kafkactl.KafkaCluster,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A degraded cluster is listed node by node, and is not "running" to scripts."""
+        kafkactl.stop_node(tmp_path, 2, hard=True)
+
+        exit_code = kafkactl.main(["status", "--data-dir", str(tmp_path)])
+
+        out = capsys.readouterr().out
+        assert kafkactl.EXIT_NOT_RUNNING == exit_code
+        assert "degraded (1 of 3 down)" in out
+        assert "node 2: 127.0.0.1:19093 (controller 127.0.0.1:19193) DOWN" in out
+
+    def test_help_documents_node_and_topics(self) -> None:
+        """`kafkactl -h` lists the node and topics commands with examples."""
+        text = kafkactl.build_parser().format_help()
+
+        assert "kafkactl node stop 2 --hard" in text
+        assert "kafkactl node start 2" in text
+        assert "kafkactl topics create" in text
+
+
+class TestTopology:
+    def test_declares_the_four_pipeline_topics(self) -> None:
+        """topology.toml declares input, aggregates, alerts and the DLQ, 6 partitions, RF 1."""
+        topology = kafkactl.load_topology()
+
+        assert ["sensor-data", "sensor-aggregates", "sensor-alerts", "sensor-data.dlq"] == [
+            topic.name for topic in topology.topics
+        ]
+        assert (6, 1) == (topology.partitions, topology.replication_factor)
+
+    def test_configs_and_minimums_become_strings(self, tmp_path: Path) -> None:
+        """TOML integers (a minimum's byte count) are read as Kafka config strings."""
+        path = tmp_path / "topology.toml"
+        path.write_text(
+            "[defaults]\npartitions = 2\nreplication_factor = 3\n"
+            '[topics.dlq]\nname = "d"\nconfigs = { "retention.ms" = "1" }\n'
+            'minimums = { "max.message.bytes" = 4194304 }\n'
+        )
+
+        (topic,) = kafkactl.load_topology(path).topics
+
+        assert kafkactl.DeclaredTopic(
+            role="dlq",
+            name="d",
+            configs={"retention.ms": "1"},
+            minimums={"max.message.bytes": "4194304"},
+        ) == (topic)
+
+    def test_unreadable_declaration_names_the_file(self, tmp_path: Path) -> None:
+        """A declaration without [defaults] fails with the file's path."""
+        path = tmp_path / "topology.toml"
+        path.write_text('[topics.input]\nname = "x"\n')
+
+        with pytest.raises(kafkactl.KafkactlError, match=r"topology\.toml"):
+            kafkactl.load_topology(path)
+
+
+TOPOLOGY = kafkactl.Topology(
+    partitions=6,
+    replication_factor=1,
+    topics=(
+        kafkactl.DeclaredTopic(
+            role="input", name="sensor-data", configs={"retention.ms": "604800000"}, minimums={}
+        ),
+        kafkactl.DeclaredTopic(
+            role="dlq",
+            name="sensor-data.dlq",
+            configs={"retention.ms": "1209600000"},
+            minimums={"max.message.bytes": "4194304"},
+        ),
+    ),
+)
+
+
+class TestTopicCreateArgv:
+    def test_declared_topic_takes_the_declaration(self) -> None:
+        """Partitions, RF, configs and minimums come from the declaration; min ISR 1 at RF 1."""
+        argv = kafkactl.topic_create_argv("sensor-data.dlq", bootstrap="b:1", topology=TOPOLOGY)
+
+        assert [
+            "--bootstrap-server", "b:1", "--create", "--topic", "sensor-data.dlq",
+            "--partitions", "6", "--replication-factor", "1",
+            "--config", "retention.ms=1209600000",
+            "--config", "max.message.bytes=4194304",
+            "--config", "min.insync.replicas=1",
+        ] == argv  # fmt: skip
+
+    def test_three_replicas_need_two_in_sync(self) -> None:
+        """With --replication-factor 3 a declared topic gets min.insync.replicas=2."""
+        argv = kafkactl.topic_create_argv(
+            "sensor-data", bootstrap="b:1", replication_factor=3, topology=TOPOLOGY
+        )
+
+        assert "3" == argv[argv.index("--replication-factor") + 1]
+        assert "min.insync.replicas=2" in argv
+
+    def test_command_line_wins_per_key(self) -> None:
+        """--partitions and each --config key override the declaration; other keys stay."""
+        argv = kafkactl.topic_create_argv(
+            "sensor-data",
+            bootstrap="b:1",
+            partitions=12,
+            configs=["retention.ms=1000", "min.insync.replicas=1", "cleanup.policy=compact"],
+            replication_factor=3,
+            topology=TOPOLOGY,
+        )
+
+        assert "12" == argv[argv.index("--partitions") + 1]
+        assert [
+            "retention.ms=1000", "min.insync.replicas=1", "cleanup.policy=compact"
+        ] == argv[argv.index("--config") + 1 :: 2]  # fmt: skip
+
+    def test_undeclared_topic_needs_partitions(self) -> None:
+        """An undeclared name without --partitions fails, listing the declared names."""
+        with pytest.raises(
+            kafkactl.KafkactlError, match=r"declared: sensor-data, sensor-data\.dlq"
+        ):
+            kafkactl.topic_create_argv("scratch", bootstrap="b:1", topology=TOPOLOGY)
+
+    def test_undeclared_topic_gets_only_what_is_asked(self) -> None:
+        """An undeclared topic: the given partitions, RF 1, only the given configs."""
+        argv = kafkactl.topic_create_argv(
+            "scratch", bootstrap="b:1", partitions=3, configs=["a=b"], topology=TOPOLOGY
+        )
+
+        assert [
+            "--bootstrap-server", "b:1", "--create", "--topic", "scratch",
+            "--partitions", "3", "--replication-factor", "1", "--config", "a=b",
+        ] == argv  # fmt: skip
+
+    def test_if_not_exists_is_passed_on(self) -> None:
+        """if_not_exists adds TopicCommand's --if-not-exists."""
+        argv = kafkactl.topic_create_argv(
+            "sensor-data", bootstrap="b:1", topology=TOPOLOGY, if_not_exists=True
+        )
+
+        assert "--if-not-exists" == argv[-1]
+
+    def test_config_without_equals_is_refused(self) -> None:
+        """`--config retention.ms` (no value) is a usage error, before any JVM starts."""
+        with pytest.raises(SystemExit) as exit_info:
+            kafkactl.main(["topic", "create", "sensor-data", "--config", "retention.ms"])
+
+        assert 2 == exit_info.value.code
+
+
+class TestTopicCommands:
+    @pytest.fixture
+    def topic_commands(self, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+        """The TopicCommand argvs kafkactl would run (none runs)."""
+        ran: list[list[str]] = []
+
+        def record(argv: list[str]) -> int:
+            ran.append(list(argv))
+            return 0
+
+        monkeypatch.setattr(kafkactl, "_run_topic_command", record)
+        return ran
+
+    def test_topic_create_of_a_declared_name(self, topic_commands: list[list[str]]) -> None:
+        """`kafkactl topic create sensor-alerts` needs no --partitions and takes its retention."""
+        exit_code = kafkactl.main(["topic", "create", "sensor-alerts", "--bootstrap-server", "b:1"])
+
+        assert 0 == exit_code
+        (argv,) = topic_commands
+        assert "6" == argv[argv.index("--partitions") + 1]
+        assert "retention.ms=2592000000" in argv
+
+    def test_topics_create_makes_every_declared_topic(
+        self, topic_commands: list[list[str]]
+    ) -> None:
+        """`kafkactl topics create -r 3` creates the four topics, skipping existing ones."""
+        exit_code = kafkactl.main(
+            ["topics", "create", "--bootstrap-server", "b:1", "--replication-factor", "3"]
+        )
+
+        assert 0 == exit_code
+        assert [topic.name for topic in kafkactl.load_topology().topics] == [
+            argv[argv.index("--topic") + 1] for argv in topic_commands
+        ]
+        assert all("--if-not-exists" in argv for argv in topic_commands)
+        assert all("min.insync.replicas=2" in argv for argv in topic_commands)
 
 
 class TestProbeParsing:
