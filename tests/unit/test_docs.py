@@ -1,4 +1,4 @@
-"""The documentation stays true to the code: settings tables, links."""
+"""The documentation stays true to the code: settings tables, metric names, links."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
+from sensorstream.producer._metrics import ProducerMetrics  # noqa: E402
+
 PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 sys.path.insert(0, str(DOCS))
 
@@ -33,6 +36,24 @@ class TestSettingsPage:
     def test_settings_md_is_generated_from_the_models(self) -> None:
         """docs/settings.md equals what docs/settings.py renders (run it after a change)."""
         assert settings_page.render() == (DOCS / "settings.md").read_text()
+
+
+def _exported(registry: CollectorRegistry) -> set[str]:
+    names = set()
+    for family in registry.collect():
+        counter = family.type == "counter"
+        names.add(family.name + ("_total" if counter else ""))
+    return names
+
+
+class TestMetricNames:
+    @pytest.mark.parametrize(("page", "metrics"), [("producer.md", ProducerMetrics)])
+    def test_every_metric_is_documented(self, page: str, metrics: type) -> None:
+        """Each metric a service exports has a row in its page."""
+        registry = CollectorRegistry()
+        metrics(registry)
+        text = (DOCS / page).read_text()
+        assert [] == sorted(name for name in _exported(registry) if f"`{name}" not in text)
 
 
 class TestLinks:

@@ -1,4 +1,5 @@
-"""The producer against the real broker: exact counts, complete sequences, safe shutdown."""
+"""The producer against the real broker: exact counts, complete sequences, safe shutdown,
+and a broker outage ridden out without losing, duplicating or reordering a reading."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import signal
 import socket
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import kafkactl
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from kafka_helpers import consume_all, new_topic_name
 from sensorstream.producer import METRIC_NAMES
@@ -25,6 +28,17 @@ from sensorstream.producer._service import ProducerService
 from sensorstream.producer.settings import ProducerSettings
 from sensorstream.runtime import StopSignal, load_settings
 from sensorstream.schema import SensorReading, decode_reading
+
+if TYPE_CHECKING:
+    from conftest import OutageKafka
+
+# The outage scenario of the issue: a steady rate, a broker gone for longer than
+# aiokafka's request_timeout_ms (40 s) once its restart is counted, then back.
+OUTAGE_RATE = 500
+OUTAGE_SENSORS = 20
+OUTAGE_SECONDS = 35.0
+RUN_BEFORE_OUTAGE_SECONDS = 5.0
+CATCH_UP_TIMEOUT = 60.0
 
 
 def _settings(bootstrap: str, topic: str, *argv: str) -> ProducerSettings:
@@ -55,12 +69,15 @@ def own_broker(tmp_path: Path) -> Iterator[kafkactl.KafkaCluster]:
         kafkactl.stop(data_dir)
 
 
-async def _producer_process(bootstrap: str, topic: str, *argv: str) -> asyncio.subprocess.Process:
+async def _producer_process(
+    bootstrap: str, topic: str, *argv: str, metrics_port: int | None = None
+) -> asyncio.subprocess.Process:
     """``python -m sensorstream.producer`` logging JSON to a pipe."""
+    port = _free_port() if metrics_port is None else metrics_port
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sensorstream.producer",
         "--bootstrap-servers", bootstrap, "--topic", topic,
-        "--metrics-port", str(_free_port()), "--log-format", "json", *argv,
+        "--metrics-port", str(port), "--log-format", "json", *argv,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
@@ -86,6 +103,52 @@ def _seqs_by_sensor(records: Sequence[Any]) -> dict[str, list[int]]:
         seqs[reading.sensor_id].append(reading.seq)
     assert all(len(p) == 1 for p in partitions.values()), "a sensor spans partitions"
     return seqs
+
+
+def _generated_per_sensor(sent: int, sensors: int) -> dict[str, int]:
+    """Readings each sensor generated when the fleet generated ``sent`` (round-robin from 0)."""
+    return {f"sensor-{i:04d}": (sent - i + sensors - 1) // sensors for i in range(sensors)}
+
+
+def _ranges(seqs: Sequence[int]) -> str:
+    """Sorted seqs spelled compactly: ``3-7,12``."""
+    spans: list[list[int]] = []
+    for seq in sorted(seqs):
+        if spans and seq == spans[-1][1] + 1:
+            spans[-1][1] = seq
+        else:
+            spans.append([seq, seq])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _seq_problems(generated: dict[str, int], seqs: dict[str, list[int]]) -> dict[str, str]:
+    """Per sensor whose topic seqs are not exactly 0..N-1 once in order: what is wrong."""
+    problems: dict[str, str] = {}
+    for sensor in sorted(generated.keys() | seqs.keys()):
+        expected = list(range(generated.get(sensor, 0)))
+        got = seqs.get(sensor, [])
+        if got == expected:
+            continue
+        seen = Counter(got)
+        wrong = {
+            "lost": _ranges(sorted(set(expected) - seen.keys())),
+            "duplicated": _ranges([seq for seq, times in seen.items() if times > 1]),
+            "out of order after": ",".join(str(a) for a, b in pairwise(got) if b < a),
+            "never generated": _ranges(sorted(seen.keys() - set(expected))),
+        }
+        problems[sensor] = "; ".join(f"{what} {which}" for what, which in wrong.items() if which)
+    return problems
+
+
+async def _scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The producer's /metrics as ``{sample name: value}`` (labelled samples summed)."""
+    async with http.get(url) as response:
+        text = await response.text()
+    values: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.name] += sample.value
+    return values
 
 
 class TestPacedRun:
@@ -228,6 +291,82 @@ class TestShutdown:
         assert lost == final["unacknowledged"]
         assert f"{lost} events were not acknowledged" in final["message"]
         assert took < shutdown_timeout + 3.0, f"exit took {took:.1f}s"
+
+
+class TestBrokerOutage:
+    async def test_outage_loses_duplicates_and_reorders_nothing(
+        self, outage_kafka: OutageKafka
+    ) -> None:
+        """A 35 s outage: retries, debt shown, caught up after; every sensor's seqs 0..N-1 once."""
+        topic = new_topic_name("producer-outage")
+        port = _free_port()
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        process = await _producer_process(
+            outage_kafka.bootstrap, topic,
+            "--rate", str(OUTAGE_RATE), "--sensors", str(OUTAGE_SENSORS), "--seed", "7",
+            "--summary-interval", "1", "--shutdown-timeout", "30",
+            metrics_port=port,
+        )  # fmt: skip
+        assert process.stderr is not None
+        lines: list[dict[str, Any]] = []
+        reader = asyncio.create_task(_collect_log(process.stderr, lines))
+        behind_in_outage: list[float] = []
+        try:
+            deadline = time.monotonic() + 60
+            while not any(line.get("event") == "producer_summary" and line["acked"] > 0
+                          for line in lines):  # fmt: skip
+                assert time.monotonic() < deadline, lines
+                assert not reader.done(), lines
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(RUN_BEFORE_OUTAGE_SECONDS)
+            async with aiohttp.ClientSession() as http:
+                await outage_kafka.stop_async()
+                outage_ends = time.monotonic() + OUTAGE_SECONDS
+                while time.monotonic() < outage_ends:
+                    await asyncio.sleep(1.0)
+                    metrics = await _scrape(http, metrics_url)
+                    behind_in_outage.append(
+                        metrics["sensorstream_producer_behind_schedule_seconds"]
+                    )
+                await outage_kafka.start_async()
+                restarted = time.monotonic()
+                # Caught up: the debt is gone and acknowledgements flow again.
+                while True:
+                    await asyncio.sleep(0.5)
+                    metrics = await _scrape(http, metrics_url)
+                    behind = metrics["sensorstream_producer_behind_schedule_seconds"]
+                    in_flight = metrics["sensorstream_producer_events_in_flight"]
+                    if behind < 0.5 and in_flight < OUTAGE_RATE:
+                        break
+                    assert time.monotonic() - restarted < CATCH_UP_TIMEOUT, (
+                        f"not caught up {CATCH_UP_TIMEOUT:g} s after the restart: "
+                        f"behind {behind} s, {in_flight} in flight"
+                    )
+            await asyncio.sleep(2.0)  # some steady running after the catch-up
+            process.send_signal(signal.SIGTERM)
+            exit_code = await asyncio.wait_for(process.wait(), 90)
+            await asyncio.wait_for(reader, 10)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        final = lines[-1]
+        records = await consume_all(outage_kafka.bootstrap, topic, timeout=60)
+        generated = _generated_per_sensor(final["sent"], OUTAGE_SENSORS)
+        problems = _seq_problems(generated, _seqs_by_sensor(records))
+        assert {} == problems, (
+            f"{len(problems)} of {OUTAGE_SENSORS} sensors wrong in {len(records)} records "
+            f"(final log line: {final})"
+        )
+        assert (0, "producer_stopped") == (exit_code, final["event"]), lines[-5:]
+        assert (final["sent"], 0) == (final["acked"], final["unacknowledged"])
+        retries = [
+            line
+            for line in lines
+            if line.get("event") == "retry_scheduled" and line.get("operation") == "enqueue batch"
+        ]
+        assert retries, "no retry_scheduled (operation 'enqueue batch') logged in the outage"
+        assert max(behind_in_outage) > OUTAGE_SECONDS / 2, behind_in_outage
 
 
 class TestStartupFailure:

@@ -10,7 +10,7 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from sensorstream.producer._simulation import SensorFleet, event_ids, sensor_ids
+from sensorstream.producer._simulation import SensorFleet, event_ids, sensor_ids, seq_of
 from sensorstream.schema import SensorReading, decode_reading, encode_reading
 
 T0 = 1_700_000_000_000
@@ -170,6 +170,13 @@ class TestHelpers:
         expected = ["schema_version", "event_id", "sensor_id", "seq", "event_time",
                     "temperature", "humidity"]  # fmt: skip
         assert expected == list(orjson.loads(value))
+
+    def test_seq_of_reads_the_seq_back(self) -> None:
+        """seq_of gives the seq each encoded reading carries."""
+        readings = SensorFleet(3, seed=1).generate(3_000, T0)
+        assert [orjson.loads(value)["seq"] for _, value in readings] == [
+            seq_of(value) for _, value in readings
+        ]
 
     @pytest.mark.parametrize(("sensors", "probability"), [(0, 0.0), (1, 1.5)])
     def test_bad_arguments(self, sensors: int, probability: float) -> None:

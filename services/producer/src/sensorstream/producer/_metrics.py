@@ -2,15 +2,16 @@
 
 Names follow ``sensorstream_producer_<what>_<unit>`` and are what the dashboards and
 alert rules use: rename nothing here without changing those. Labels are bounded
-(``kind`` is an error class name). Hot paths increment by a batch's size, never per
-event, and never look a label child up per event.
+(``kind`` is an error class name, ``operation`` one of a few names fixed in code). Hot
+paths increment by a batch's size, never per event, and never look a label child up
+per event.
 """
 
 from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["METRIC_NAMES", "ProducerMetrics"]
+__all__ = ["METRIC_NAMES", "RETRY_ENQUEUE_BATCH", "RETRY_START_PRODUCER", "ProducerMetrics"]
 
 _PREFIX = "sensorstream_producer_"
 
@@ -24,6 +25,7 @@ METRIC_NAMES = (
     "sensorstream_producer_achieved_rate_events_per_second",
     "sensorstream_producer_behind_schedule_seconds",
     "sensorstream_producer_events_in_flight",
+    "sensorstream_producer_retries_total",
     "sensorstream_producer_up",
     "sensorstream_producer_build_info",
 )
@@ -34,6 +36,13 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 # Exported at 0 from the start, so dashboards see the series before the first error.
 _COMMON_ERROR_KINDS = ("KafkaTimeoutError", "RequestTimedOutError", "KafkaConnectionError", "other")
+RETRY_START_PRODUCER = "start producer"
+"""``retries_total{operation}`` of starting the Kafka producer."""
+RETRY_ENQUEUE_BATCH = "enqueue batch"
+"""``retries_total{operation}`` of handing a batch to the Kafka client (broker away)."""
+# The producer's own retried operations, exported at 0 from the start; the shared
+# start-up steps ("connect", "create topics", ...) appear when they first retry.
+_RETRY_OPERATIONS = (RETRY_START_PRODUCER, RETRY_ENQUEUE_BATCH)
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
@@ -89,6 +98,14 @@ class ProducerMetrics:
         self.events_in_flight = Gauge(
             name("events_in_flight"), "Events sent but not yet acknowledged.", registry=registry
         )
+        self.retries = Counter(
+            name("retries"),
+            "Retries of Kafka operations after a retriable error, by operation.",
+            ["operation"],
+            registry=registry,
+        )
+        for operation in _RETRY_OPERATIONS:
+            self.retries.labels(operation=operation)
         self.up = Gauge(name("up"), "1 while the producer is running.", registry=registry)
         self.build_info = Gauge(
             name("build_info"), "Build information; always 1.", ["version"], registry=registry

@@ -5,10 +5,20 @@ producer (retried for ``startup_timeout``). Then one loop on one task: every tic
 asks the pacer how many events are due, generates and encodes them in one call, and
 hands them to the sender in per-partition batches; there is never an await per event.
 A reporter task updates the rate gauges every second and logs a summary line every
-``summary_interval``. On a stop request it stops generating, waits for what is in
-flight until ``shutdown_timeout`` after the request (also when the broker is gone and a
-send is stuck waiting for a batch slot), logs the final summary and returns 0, or 1 if
-events were left unacknowledged.
+``summary_interval``.
+
+While the broker is away the sender waits (bounded batches in flight, each retried in
+place until the client takes it), so generation pauses instead of buffering, the debt
+shows in ``behind_schedule_seconds``, and the pacer catches up once the broker is back.
+Nothing generated is dropped.
+
+On a stop request it stops generating, waits for what is in flight until
+``shutdown_timeout`` after the request (also when the broker is gone and a send is
+stuck waiting), logs the final summary and returns 0, or 1 if events were left
+unacknowledged: the final line then says which (per sensor, ``_unacknowledged.py``). A
+batch that fails for good (``DeliveryFailedError``) stops generating at once; after
+the same drain and final line the error is raised, so the process exits 1 with one
+line naming it.
 """
 
 from __future__ import annotations
@@ -27,16 +37,20 @@ from sensorstream.runtime import (
     EXIT_FATAL,
     KafkaUnavailableError,
     ObservabilityServer,
+    RetriesExhaustedError,
     StopSignal,
-    client_options,
     configure_logging,
     connect_admin,
     ensure_topics,
+    instrument_retries,
+    kafka_errors,
+    retry,
     startup_policy,
 )
 from sensorstream.schema import TOPOLOGY
 
-from ._metrics import ProducerMetrics
+from ._client import create_producer
+from ._metrics import RETRY_START_PRODUCER, ProducerMetrics
 from ._pacing import (
     BurstProfile,
     ConstantProfile,
@@ -46,8 +60,9 @@ from ._pacing import (
     SineProfile,
     TickGrid,
 )
-from ._sender import BatchSender
+from ._sender import BatchSender, lane_capacity
 from ._simulation import SensorFleet
+from ._unacknowledged import UnacknowledgedReadings
 from .settings import ProducerSettings
 
 __all__ = ["EXIT_OK", "ProducerService", "build_profile", "package_version", "run"]
@@ -117,7 +132,7 @@ class ProducerService:
             )
         self.sender: BatchSender | None = None
         self.server: ObservabilityServer | None = None
-        self._producer: Any = None
+        self._producer: AIOKafkaProducer | None = None
         self._stopping = False
         self._failures_logged = 0
 
@@ -144,6 +159,7 @@ class ProducerService:
 
     async def run(self) -> int:
         settings = self.settings
+        instrument_retries(self.metrics.retries)
         self.server = ObservabilityServer(
             host=settings.metrics_host,
             port=settings.metrics_port,
@@ -169,6 +185,7 @@ class ProducerService:
                 max_in_flight_batches=settings.max_in_flight_batches,
                 metrics=self.metrics,
                 on_failure=self._batch_failed,
+                lane_capacity=lane_capacity(settings.rate_per_second, partitions),
             )
             self.metrics.up.set(1)
             return await self._produce_and_drain()
@@ -196,61 +213,69 @@ class ProducerService:
             await admin.close()
         return state.partitions
 
-    async def _start_producer(self) -> Any:
+    async def _start_producer(self) -> AIOKafkaProducer:
+        """Start the Kafka producer, retrying an unreachable broker for ``startup_timeout``."""
         settings = self.settings
-        deadline = self._started_at + settings.startup_timeout
-        attempt = 0
-        while True:
-            attempt += 1
-            producer = AIOKafkaProducer(
-                **client_options(settings),
-                acks=settings.kafka_acks(),
-                enable_idempotence=settings.idempotence,
-                linger_ms=settings.linger_ms,
-                max_batch_size=settings.batch_size,
-                compression_type=settings.kafka_compression(),
-            )
+
+        async def start() -> AIOKafkaProducer:
+            producer = create_producer(settings)
             try:
-                await producer.start()
-            except (KafkaError, OSError) as exc:
+                with kafka_errors(f"starting the Kafka producer at {settings.bootstrap_servers}"):
+                    await producer.start()
+            except BaseException:
                 await producer.stop()
-                remaining = deadline - time.monotonic()
-                log.warning("producer_start_failed", attempt=attempt, error=str(exc))
-                if remaining <= 0:
-                    raise KafkaUnavailableError(
-                        f"cannot start the Kafka producer at {settings.bootstrap_servers} after "
-                        f"{attempt} attempts (last error: {exc}); check the broker and "
-                        "--bootstrap-servers / SENSORSTREAM_BOOTSTRAP_SERVERS"
-                    ) from exc
-                await asyncio.sleep(min(1.0, remaining))
-            else:
-                log.info("producer_started", topic=settings.topic, attempt=attempt)
-                return producer
+                raise
+            return producer
+
+        try:
+            producer = await retry(RETRY_START_PRODUCER, start, policy=startup_policy(settings))
+        except RetriesExhaustedError as exc:
+            raise KafkaUnavailableError(
+                f"cannot start the Kafka producer at {settings.bootstrap_servers} within "
+                f"{settings.startup_timeout:g} s (last error: {exc.__cause__}); check the broker "
+                "and --bootstrap-servers / SENSORSTREAM_BOOTSTRAP_SERVERS, or raise "
+                "SENSORSTREAM_STARTUP_TIMEOUT"
+            ) from exc
+        log.info("producer_started", topic=settings.topic)
+        return producer
 
     async def _produce_and_drain(self) -> int:
+        sender = self.sender
+        assert sender is not None
         reporter = asyncio.create_task(self._report())
         producing = asyncio.create_task(
             self._produce_max() if self.pacer is None else self._produce_paced(self.pacer)
         )
         stopped = asyncio.create_task(self.stop.wait())
+        failed = asyncio.create_task(sender.failed.wait())
         try:
-            await asyncio.wait({producing, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({producing, stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
             # One deadline for the whole shutdown, from the stop request (or the end of a
-            # bounded run). The loop sees the stop at its next tick, unless a send is
-            # waiting for a batch slot that a dead broker never frees: then it is
-            # cancelled at the deadline and what it held counts as unacknowledged.
+            # bounded run, or a failed delivery). The loop sees the stop at its next tick,
+            # unless a send is waiting for a broker that stays away: then it is cancelled
+            # at the deadline and what it held counts as unacknowledged.
             deadline = time.monotonic() + self.settings.shutdown_timeout
+            if not producing.done() and not failed.done():
+                await asyncio.wait(
+                    {producing, failed},
+                    timeout=self.settings.shutdown_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             if not producing.done():
-                await asyncio.wait({producing}, timeout=self.settings.shutdown_timeout)
-            if not producing.done():
+                # After a failed delivery nothing more can be delivered in order: stop now.
+                reason = "a batch could not be delivered"
+                if not failed.done():
+                    reason = "still waiting for the broker at the shutdown deadline"
                 producing.cancel()
                 await asyncio.wait({producing})
-                log.warning("producing_cancelled", reason="no batch slot freed before the deadline")
+                log.warning("producing_cancelled", reason=reason)
             if not producing.cancelled():
-                producing.result()  # re-raises what ended the loop, if anything did
+                error = producing.exception()
+                if error is not None and error is not sender.failure:
+                    raise error  # what ended the loop, if anything but a failed delivery did
         finally:
             self._stopping = True
-            for task in (reporter, stopped, producing):
+            for task in (reporter, stopped, failed, producing):
                 task.cancel()
         return await self._drain(deadline)
 
@@ -306,6 +331,7 @@ class ProducerService:
     async def _drain(self, deadline: float) -> int:
         sender = self.sender
         assert sender is not None
+        assert self._producer is not None
         timeout = self.settings.shutdown_timeout
         log.info(
             "producer_draining",
@@ -313,6 +339,7 @@ class ProducerService:
             timeout=round(max(0.0, deadline - time.monotonic()), 3),
         )
         flushed = await sender.flush(max(0.0, deadline - time.monotonic()))
+        await sender.close()
         remaining = max(0.1, deadline - time.monotonic())
         try:
             await asyncio.wait_for(self._producer.stop(), remaining)
@@ -329,16 +356,22 @@ class ProducerService:
             "failed_by_kind": dict(counts.failed_by_kind),
             "seconds": round(time.monotonic() - self._started_at, 3),
         }
-        if flushed and counts.failed == 0:
+        failure = sender.failure
+        if failure is None and counts.sent == counts.acked:
             log.info("producer_stopped", **summary)
             return EXIT_OK
+        lost = UnacknowledgedReadings.of(sender.unacknowledged())
+        where = "in flight" if flushed else f"in flight at the {timeout:g}s shutdown deadline"
         log.error(
             "producer_stopped_with_losses",
             **summary,
+            **lost.log_fields(),
+            **({} if failure is None else {"error": str(failure)}),
             message=f"{counts.sent - counts.acked} events were not acknowledged "
-            f"({counts.in_flight} still in flight at the {timeout:g}s shutdown deadline, "
-            f"{counts.failed} failed)",
+            f"({counts.in_flight} still {where}, {counts.failed} failed), {lost.describe()}",
         )
+        if failure is not None:
+            raise failure
         return EXIT_FATAL
 
     # ------------------------------------------------------------------ reporting

@@ -30,7 +30,7 @@ import random
 
 from sensorstream.schema import HUMIDITY_RANGE, SCHEMA_VERSION, TEMPERATURE_RANGE
 
-__all__ = ["DAY_MS", "EncodedReading", "SensorFleet", "event_ids", "sensor_ids"]
+__all__ = ["DAY_MS", "EncodedReading", "SensorFleet", "event_ids", "sensor_ids", "seq_of"]
 
 EncodedReading = tuple[bytes, bytes]
 """(key, value): the sensor id and the v1 JSON reading, both UTF-8 bytes."""
@@ -60,6 +60,7 @@ _JSON = (
     b'{"schema_version":%d,"event_id":"%b","sensor_id":"%b","seq":%d,"event_time":%d,'
     b'"temperature":%.2f,"humidity":%.2f}'
 )
+_SEQ_FIELD = b'"seq":'
 
 
 def event_ids(random_bytes: bytes) -> bytes:
@@ -76,6 +77,12 @@ def event_ids(random_bytes: bytes) -> bytes:
     text[_VERSION_AT::_HEX_STRIDE] = b"4" * count
     text[_VARIANT_AT::_HEX_STRIDE] = text[_VARIANT_AT::_HEX_STRIDE].translate(_VARIANT)
     return bytes(text.translate(None, _DROP))
+
+
+def seq_of(value: bytes) -> int:
+    """The ``seq`` in a reading that :meth:`SensorFleet.generate` encoded (not per event)."""
+    start = value.index(_SEQ_FIELD) + len(_SEQ_FIELD)
+    return int(value[start : value.index(b",", start)])
 
 
 def sensor_ids(count: int) -> list[str]:
