@@ -38,8 +38,9 @@ sensorstream-producer: error: invalid setting --rate / SENSORSTREAM_RATE (got '-
 ```
 
 Exit statuses of the services: 0 a clean stop; 1 a fatal runtime error (Kafka
-unreachable after `--startup-timeout`, failed authentication, unacknowledged events at
-shutdown), one line on stderr; 2 a bad setting. Secrets (`--sasl-password`)
+unreachable after `--startup-timeout`, failed authentication, a retriable error that
+outlasted `--retry-budget`, unacknowledged events at shutdown, a shutdown that ran past
+`--shutdown-timeout`), one line on stderr; 2 a bad setting. Secrets (`--sasl-password`)
 are `SecretStr` and masked in every log line; SSL always checks host names.
 
 This page is generated from the settings models (`uv run python docs/settings.py`); a test

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
+from sensorstream.processor._metrics import ProcessorMetrics  # noqa: E402
 from sensorstream.producer._metrics import ProducerMetrics  # noqa: E402
 
 PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
@@ -47,7 +48,10 @@ def _exported(registry: CollectorRegistry) -> set[str]:
 
 
 class TestMetricNames:
-    @pytest.mark.parametrize(("page", "metrics"), [("producer.md", ProducerMetrics)])
+    @pytest.mark.parametrize(
+        ("page", "metrics"),
+        [("processor.md", ProcessorMetrics), ("producer.md", ProducerMetrics)],
+    )
     def test_every_metric_is_documented(self, page: str, metrics: type) -> None:
         """Each metric a service exports has a row in its page."""
         registry = CollectorRegistry()

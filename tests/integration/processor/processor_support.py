@@ -13,12 +13,19 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
 from kafka_helpers import consume_all, create_topic, new_topic_name
-from sensorstream.schema import SensorReading, WindowAggregate, decode_aggregate, encode_reading
+from sensorstream.schema import (
+    TOPOLOGY,
+    SensorReading,
+    WindowAggregate,
+    decode_aggregate,
+    encode_reading,
+)
 
 HERE = Path(__file__).resolve().parent
 BIG = str(4 * 1024 * 1024)
@@ -46,7 +53,11 @@ class Topics:
 
 
 async def make_input(bootstrap: str, topics: Topics, partitions: int = 6) -> None:
-    await create_topic(bootstrap, topics.input, partitions, config={"max.message.bytes": BIG})
+    """The test's input topic as the topology declares it (the malformed corpus holds a
+    ~1 MiB payload, so it also takes records up to 4 MiB)."""
+    spec = TOPOLOGY.configured(partitions=partitions, names={"input": topics.input}).input
+    config = {**spec.creation_configs(), "max.message.bytes": BIG}
+    await create_topic(bootstrap, spec.name, spec.partitions, config=config)
 
 
 def reading(sensor: int, seq: int, base_ms: int, step_ms: int) -> SensorReading:
@@ -289,3 +300,174 @@ async def wait_for_aggregates(
         if total >= expected_total or time.monotonic() > deadline:
             return aggregates
         await asyncio.sleep(1.0)
+
+
+# --------------------------------------------------------------------------- seq accounting
+
+
+@dataclass
+class SeqLedger:
+    """Per-sensor ``seq`` accounting of one run: where each produced reading ended up.
+
+    Built from what is really in the topics: the input (what was produced), the
+    aggregates (deduplicated by window: an at-least-once replay may repeat a window,
+    identically) and the dead letters (decoded back to their reading where possible).
+    """
+
+    produced: dict[str, set[int]]
+    dead_lettered: dict[str, dict[int, str]]
+    """sensor -> seq -> DLQ reason."""
+    aggregates: dict[str, list[WindowAggregate]]
+    produced_order: dict[str, list[int]] = field(default_factory=dict)
+    """sensor -> its seqs in the order they are stored (offset order on its partition)."""
+
+    def reordered(self) -> dict[str, list[tuple[int, int]]]:
+        """Per sensor, the (earlier, later) seq pairs stored out of order, if any."""
+        report = {}
+        for sensor, seqs in self.produced_order.items():
+            pairs = [(a, b) for a, b in pairwise(seqs) if b < a]
+            if pairs:
+                report[sensor] = pairs[:10]
+        return report
+
+    def problems(self) -> dict[str, dict[str, list[object]]]:
+        """Per sensor: seqs lost (in no aggregate and not dead-lettered), seqs counted twice,
+        and partial aggregates (count differs from the produced, not dead-lettered seqs in
+        their range). Empty when every reading is accounted for exactly once."""
+        report: dict[str, dict[str, list[object]]] = {}
+        for sensor in sorted(set(self.produced) | set(self.aggregates)):
+            produced = self.produced.get(sensor, set())
+            dlq = self.dead_lettered.get(sensor, {})
+            covered: dict[int, int] = defaultdict(int)
+            partial: list[object] = []
+            for agg in self.aggregates.get(sensor, []):
+                assert agg.first_seq is not None
+                assert agg.last_seq is not None
+                expected = {s for s in range(agg.first_seq, agg.last_seq + 1) if s in produced}
+                expected -= dlq.keys()
+                if agg.count != len(expected):
+                    partial.append(
+                        f"window {agg.window_start}: count {agg.count}, seqs "
+                        f"{agg.first_seq}..{agg.last_seq} hold {len(expected)}"
+                    )
+                for seq in expected:
+                    covered[seq] += 1
+            lost = sorted(produced - covered.keys() - dlq.keys())
+            twice = sorted(s for s, n in covered.items() if n > 1)
+            entry = {
+                name: values
+                for name, values in (("lost", lost), ("duplicated", twice), ("partial", partial))
+                if values
+            }
+            if entry:
+                report[sensor] = entry
+        return report
+
+    def dlq_reasons(self) -> dict[str, int]:
+        """How many dead-lettered readings per reason, over all sensors."""
+        totals: dict[str, int] = defaultdict(int)
+        for by_seq in self.dead_lettered.values():
+            for reason in by_seq.values():
+                totals[reason] += 1
+        return dict(totals)
+
+
+async def seq_ledger(
+    bootstrap: str, topics: Topics, *, isolation_level: str = "read_uncommitted"
+) -> SeqLedger:
+    """Read the input, aggregates and DLQ topics of ``topics`` into a :class:`SeqLedger`."""
+    from sensorstream.schema import DeadLetterHeaders, decode_reading
+
+    produced: dict[str, set[int]] = defaultdict(set)
+    order: dict[str, list[int]] = defaultdict(list)
+    for record in await consume_all(bootstrap, topics.input, timeout=30):
+        decoded = decode_reading(record.value)
+        if isinstance(decoded, SensorReading) and decoded.seq is not None:
+            assert decoded.seq not in produced[decoded.sensor_id], (
+                f"{decoded.sensor_id} seq {decoded.seq} is in the input topic twice"
+            )
+            produced[decoded.sensor_id].add(decoded.seq)
+            order[decoded.sensor_id].append(decoded.seq)
+    dead: dict[str, dict[int, str]] = defaultdict(dict)
+    for record in await consume_all(bootstrap, topics.dlq, timeout=30):
+        decoded = decode_reading(record.value)
+        if isinstance(decoded, SensorReading) and decoded.seq is not None:
+            reason = DeadLetterHeaders.from_kafka_headers(record.headers).reason.value
+            dead[decoded.sensor_id][decoded.seq] = reason
+    aggregates = await read_aggregates(
+        bootstrap, topics.aggregates, isolation_level=isolation_level
+    )
+    return SeqLedger(dict(produced), dict(dead), deduplicated(aggregates), dict(order))
+
+
+class LiveFeed:
+    """Readings for ``sensors`` sensors with per-sensor ``seq`` from 0 and event time = now.
+
+    ``run(seconds, rate)`` produces round robin at about ``rate`` events/s; ``send`` adds
+    one reading of your own (the next seq of its sensor) in between. Like a real fleet,
+    event time follows the wall clock, so a pause is a gap in event time, not lateness.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, *, sensors: int) -> None:
+        self.topic = topic
+        self.sensors = sensors
+        self.next_seq = [0] * sensors
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=2 * 1024 * 1024
+        )
+        self._turn = 0
+
+    async def __aenter__(self) -> LiveFeed:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._producer.stop()
+
+    def _next(self, sensor: int, event_time: int | None) -> SensorReading:
+        seq = self.next_seq[sensor]
+        self.next_seq[sensor] += 1
+        now = int(time.time() * 1000)
+        base = reading(sensor, seq, 0, 0)
+        return SensorReading(
+            schema_version=1,
+            event_id=base.event_id,
+            sensor_id=base.sensor_id,
+            seq=seq,
+            event_time=now if event_time is None else event_time,
+            temperature=base.temperature,
+            humidity=base.humidity,
+        )
+
+    async def send(self, sensor: int, *, event_time: int | None = None) -> SensorReading:
+        """Produce the next reading of ``sensor`` (with ``event_time`` if given) and wait for it."""
+        r = self._next(sensor, event_time)
+        await self._producer.send_and_wait(self.topic, encode_reading(r), key=r.sensor_id.encode())
+        return r
+
+    async def run(self, seconds: float, rate: float) -> int:
+        """Produce round robin for ``seconds`` at about ``rate`` ev/s; return how many."""
+        started = time.monotonic()
+        sent = 0
+        chunk = max(1, int(rate / 20))
+        while time.monotonic() - started < seconds:
+            futures = []
+            for _ in range(chunk):
+                sensor = self._turn % self.sensors
+                self._turn += 1
+                r = self._next(sensor, None)
+                futures.append(
+                    await self._producer.send(
+                        self.topic, encode_reading(r), key=r.sensor_id.encode()
+                    )
+                )
+            await asyncio.gather(*futures)
+            sent += chunk
+            ahead = sent / rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        return sent
+
+    @property
+    def total(self) -> int:
+        return sum(self.next_seq)

@@ -12,6 +12,7 @@ NAMES = [
     "assigned_partitions", "rebalances_total", "rebalance_duration_seconds", "commits_total",
     "commit_latency_seconds", "open_windows", "aggregates_emitted_total", "alerts_emitted_total",
     "buffer_depth_events", "paused_partitions", "up", "build_info",
+    "dead_letters_truncated_total", "retries_total",
 ]  # fmt: skip
 
 
@@ -52,6 +53,7 @@ class TestProcessorMetrics:
             "ok": 3,
             "invalid": 0,
             "late": 0,
+            "dropped": 0,
             "replayed": 0,
             "dead_lettered": 0,
             "retried": 2,

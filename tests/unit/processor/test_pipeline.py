@@ -12,10 +12,8 @@ from consumed_records import Record
 from sensorstream.processor._pipeline import (
     AlertThresholds,
     BatchResult,
-    OutputRecord,
     PartitionPipeline,
     PipelineConfig,
-    dead_letter,
 )
 from sensorstream.processor._windows import NO_WATERMARK
 from sensorstream.schema import (
@@ -32,6 +30,8 @@ from sensorstream.schema.testing import malformed_corpus, valid_payload
 TOPIC = "sensor-data"
 T0 = 1_700_000_000_000
 """A window boundary for 10 s windows."""
+NOW = T0 / 1000 + 3600
+"""The processor's clock (epoch s): an hour after T0, so every T0-based reading is past."""
 
 
 class Feed:
@@ -91,7 +91,7 @@ class TestValidEvents:
         feed = Feed()
         records = [feed.reading(T0 + i, seq=i) for i in range(3)]
 
-        result = pipeline().process(records, now=0.0)
+        result = pipeline().process(records, now=NOW)
 
         assert [(r.offset, i) for i, r in enumerate(records)] == [
             (record.offset, reading.seq) for record, reading in result.valid
@@ -109,7 +109,7 @@ class TestValidEvents:
         records = [feed.reading(T0 + i * 1_000, seq=i, temperature=20.0 + i) for i in range(10)]
         records.append(feed.reading(T0 + 15_000, seq=10))
 
-        result = pipeline().process(records, now=0.0)
+        result = pipeline().process(records, now=NOW)
 
         (output,) = result.outputs
         aggregate = decode_aggregate(output.value)
@@ -129,7 +129,7 @@ class TestValidEvents:
         feed = Feed()
 
         result = pipeline().process(
-            [feed.reading(T0, temperature=50.0), feed.reading(T0 + 1, temperature=51.0)], now=0.0
+            [feed.reading(T0, temperature=50.0), feed.reading(T0 + 1, temperature=51.0)], now=NOW
         )
 
         (output,) = result.outputs
@@ -145,7 +145,7 @@ class TestValidEvents:
         feed = Feed()
 
         result = pipeline(thresholds=AlertThresholds(humidity_high=60.0)).process(
-            [feed.reading(T0, humidity=61.0)], now=0.0
+            [feed.reading(T0, humidity=61.0)], now=NOW
         )
 
         assert Counter({"humidity_high": 1}) == result.alerts
@@ -155,7 +155,7 @@ class TestValidEvents:
         feed = Feed()
         records = [feed.reading(T0, temperature=99.0), feed.reading(T0 + 20_000)]
 
-        result = pipeline(aggregates_topic="aggs", alerts_topic="alarms").process(records, now=0.0)
+        result = pipeline(aggregates_topic="aggs", alerts_topic="alarms").process(records, now=NOW)
 
         assert ["alarms", "aggs"] == topics(result)
 
@@ -166,7 +166,7 @@ class TestValidEvents:
 
         result = PartitionPipeline(
             "sensor-data", 0, PipelineConfig(instance="test"), collect_valid=False
-        ).process(records, now=0.0)
+        ).process(records, now=NOW)
 
         assert ([], 3, (T0, T0 + 2)) == (
             result.valid,
@@ -186,7 +186,7 @@ class TestDeadLetters:
         original_headers = [("trace-id", b"abc")]
         record = feed.record(value, key=b"sensor-0007", headers=original_headers)
 
-        result = pipeline().process([record], now=0.0)
+        result = pipeline().process([record], now=NOW)
 
         (output,) = result.outputs
         headers = DeadLetterHeaders.from_kafka_headers(output.headers)
@@ -210,7 +210,7 @@ class TestDeadLetters:
 
     def test_tombstone_is_dead_lettered_as_empty(self) -> None:
         """A None value (tombstone) is refused as empty."""
-        result = pipeline().process([Feed().record(None)], now=0.0)
+        result = pipeline().process([Feed().record(None)], now=NOW)
 
         assert Counter({"empty": 1}) == result.dead_letters
 
@@ -225,7 +225,7 @@ class TestDeadLetters:
             feed.reading(T0 + 2, seq=2, temperature=60.0),
         ]
 
-        result = pipeline().process(records, now=0.0)
+        result = pipeline().process(records, now=NOW)
 
         assert [0, 2, 4] == [record.offset for record, _ in result.valid]
         assert [DLQ_TOPIC, DLQ_TOPIC, ALERTS_TOPIC] == topics(result)
@@ -235,96 +235,144 @@ class TestDeadLetters:
             result.dead_letters,
         )
 
-    def test_dead_letter_keeps_the_original_record(self) -> None:
-        """dead_letter() appends our headers after the original ones."""
-        record = Record(TOPIC, 1, 7, 123, b"k", b"v", [("h", b"1")])
-
-        output = dead_letter(
-            record,
-            reason=DeadLetterReason.HANDLER_FAILED,
-            error="boom",
-            instance="i",
-            dlq_topic="dlq",
-        )
-
-        assert (
-            OutputRecord(
-                topic="dlq",
-                key=b"k",
-                value=b"v",
-                headers=[
-                    ("h", b"1"),
-                    *DeadLetterHeaders(
-                        reason=DeadLetterReason.HANDLER_FAILED,
-                        error="boom",
-                        original_topic=TOPIC,
-                        original_partition=1,
-                        original_offset=7,
-                        original_timestamp=123,
-                        instance="i",
-                    ).to_kafka_headers(),
-                ],
-            )
-            == output
-        )
-
 
 class TestLateEvents:
     def records(self, feed: Feed) -> list[Record]:
         return [feed.reading(T0 + 30_000), feed.reading(T0, sensor_id="sensor-late")]
 
-    def test_late_events_are_counted_and_still_handled(self) -> None:
-        """By default a late event is counted, not windowed, and still goes to the handler."""
-        result = pipeline().process(self.records(Feed()), now=0.0)
-
-        assert (1, 1, [], 2) == (result.ok, result.late, result.outputs, len(result.valid))
-
-    def test_late_events_can_be_dead_lettered(self) -> None:
-        """With dead_letter_late, a late event goes to the DLQ (late_event) instead."""
-        result = pipeline(dead_letter_late=True).process(self.records(Feed()), now=0.0)
+    def test_late_events_are_dead_lettered_with_their_lateness(self) -> None:
+        """By default a late event goes to the DLQ (late_event), is counted, not handled."""
+        result = pipeline().process(self.records(Feed()), now=NOW)
 
         (output,) = result.outputs
         headers = DeadLetterHeaders.from_kafka_headers(output.headers)
-        assert (DeadLetterReason.LATE_EVENT, b"sensor-late") == (headers.reason, output.key)
-        assert (1, Counter({"late_event": 1}), 1) == (
+        assert (DeadLetterReason.LATE_EVENT, b"sensor-late", 30_000) == (
+            headers.reason,
+            output.key,
+            headers.lateness_ms,
+        )
+        assert (1, 0, Counter({"late_event": 1}), 1) == (
             result.late,
+            result.dropped,
             result.dead_letters,
             len(result.valid),
         )
 
+    def test_drop_late_counts_them_and_still_handles_them(self) -> None:
+        """With drop_late a late event is counted (dropped), not windowed, not dead-lettered,
+        and still goes to the handler."""
+        result = pipeline(drop_late=True).process(self.records(Feed()), now=NOW)
+
+        assert (1, 1, 1, [], 2) == (
+            result.ok,
+            result.late,
+            result.dropped,
+            result.outputs,
+            len(result.valid),
+        )
+
+
+class TestFutureEventTime:
+    SKEW_MS = 300_000
+
+    def test_a_reading_beyond_the_skew_is_dead_lettered_and_moves_no_watermark(self) -> None:
+        """An event time more than max_future_skew ahead of now: DLQ, not windowed."""
+        feed = Feed()
+        now_ms = int(NOW * 1000)
+        p = pipeline(max_future_skew_ms=self.SKEW_MS)
+        records = [
+            feed.reading(now_ms - 1_000, seq=0),
+            feed.reading(4_070_908_800_000, seq=1),  # 2099
+            feed.reading(now_ms, seq=2),
+        ]
+
+        result = p.process(records, now=NOW)
+
+        (output,) = result.outputs
+        headers = DeadLetterHeaders.from_kafka_headers(output.headers)
+        assert (DeadLetterReason.FUTURE_EVENT_TIME, 1) == (headers.reason, headers.original_offset)
+        assert "ahead of the processor's clock" in headers.error
+        assert (2, 1, now_ms - 5_000) == (result.ok, result.future, p.watermark)
+        assert [0, 2] == [record.offset for record, _ in result.valid]
+
+    def test_a_reading_within_the_skew_is_windowed(self) -> None:
+        """A clock a little ahead (within the bound) is a normal reading."""
+        now_ms = int(NOW * 1000)
+        result = pipeline(max_future_skew_ms=self.SKEW_MS).process(
+            [Feed().reading(now_ms + self.SKEW_MS, seq=0)], now=NOW
+        )
+
+        assert (1, 0, []) == (result.ok, result.future, result.outputs)
+
+    def test_a_replayed_future_reading_is_not_dead_lettered_again(self) -> None:
+        """Below replay_until the DLQ record was written before the restart."""
+        result = pipeline(replay_until=1).process([Feed().reading(4_070_908_800_000)], now=NOW)
+
+        assert ([], 1, 0) == (result.outputs, result.replayed, result.future)
+
+    @pytest.mark.parametrize(
+        ("watermark", "trusted"),
+        [
+            (NO_WATERMARK, NO_WATERMARK),
+            (int(NOW * 1000) - 5_000, int(NOW * 1000) - 5_000),
+            (int(NOW * 1000) + 300_000 - 5_000, int(NOW * 1000) + 300_000 - 5_000),
+            (int(NOW * 1000) + 300_000 - 4_999, NO_WATERMARK),
+            (4_070_908_800_000, NO_WATERMARK),
+        ],
+    )
+    def test_a_restored_watermark_is_held_to_the_same_bound(
+        self, watermark: int, trusted: int
+    ) -> None:
+        """A committed watermark only a too-far-future reading could set is dropped."""
+        config = PipelineConfig(instance="i", max_future_skew_ms=300_000, allowed_lateness_ms=5_000)
+
+        assert trusted == config.trusted_watermark(watermark, NOW)
+
+
+class TestOversizedDeadLetters:
+    def test_a_dead_letter_over_the_dlq_limit_is_cut_to_fit_and_counted(self) -> None:
+        """The value is cut, its size and hash go into the headers; nothing is dropped."""
+        value = b"x" * 100_000  # too_large for the schema
+        result = pipeline(dlq_max_bytes=50_000).process([Feed().record(value)], now=NOW)
+
+        (output,) = result.outputs
+        headers = DeadLetterHeaders.from_kafka_headers(output.headers)
+        assert (1, True, DeadLetterReason.TOO_LARGE, 100_000) == (
+            result.truncated,
+            output.truncated,
+            headers.reason,
+            headers.original_size,
+        )
+        assert output.value is not None
+        assert value.startswith(output.value)
+        assert 40_000 < len(output.value) < 50_000
+
 
 class TestIdleClose:
     def test_idle_partition_emits_every_open_window(self) -> None:
-        """No record for idle_timeout_s: every open window of the partition is emitted."""
-        p = pipeline(idle_timeout_s=30.0)
+        """When the runtime finds the partition idle, every open window is emitted."""
+        p = pipeline()
         feed = Feed()
-        p.process([feed.reading(T0), feed.reading(T0 + 12_000, sensor_id="b")], now=100.0)
+        p.process([feed.reading(T0), feed.reading(T0 + 12_000, sensor_id="b")], now=NOW)
 
-        early = p.close_idle(now=129.0)
-        result = p.close_idle(now=131.0)
+        result = p.close_idle()
 
-        assert ([], [AGGREGATES_TOPIC] * 2, 2, 0, None) == (
-            early.outputs,
+        assert ([AGGREGATES_TOPIC] * 2, 2, 0, None) == (
             topics(result),
             result.aggregates,
             p.open_windows,
             p.commit_floor(),
         )
 
-    def test_a_record_of_any_sensor_defers_the_idle_close(self) -> None:
-        """A partition still receiving records is not idle, whichever sensor sent them."""
-        p = pipeline(idle_timeout_s=30.0)
-        feed = Feed()
-        p.process([feed.reading(T0, sensor_id="silent")], now=100.0)
-        p.process([feed.reading(T0 + 1, sensor_id="chatty")], now=125.0)
+    def test_nothing_open_emits_nothing(self) -> None:
+        """An idle close of an empty partition is a no-op."""
+        result = pipeline().close_idle()
 
-        result = p.close_idle(now=131.0)
-
-        assert ([], 2) == (result.outputs, p.open_windows)
+        assert ([], 0) == (result.outputs, result.aggregates)
 
 
-# One worker's life on one partition: ("process", records, now) or ("tick", now), the
-# idle check the worker runs every 0.5 s while caught up.
+# One worker's life on one partition: ("process", records) or ("idle", []), an idle
+# close the runtime decided (the broker confirmed the partition silent long enough).
 Step = tuple[str, list[Record], float]
 
 
@@ -333,38 +381,36 @@ class TestIdleRestart:
         """Sensor a's old window stays touched while b's newer one goes quiet, then idle."""
         feed = Feed()
         return [
-            ("process", [feed.reading(T0 + 1_000, sensor_id="a", seq=0)], 100.0),
-            ("process", [feed.reading(T0 + 12_000, sensor_id="b", seq=0)], 100.0),
-            ("process", [feed.reading(T0 + 2_000, sensor_id="a", seq=1)], 125.0),
-            ("tick", [], 131.0),
-            ("tick", [], 156.0),
-            ("process", [feed.reading(T0 + 21_000, sensor_id="a", seq=2)], 170.0),
-            ("process", [feed.reading(T0 + 22_000, sensor_id="b", seq=1)], 170.0),
-            ("tick", [], 185.0),
-            ("process", [feed.reading(T0 + 60_000, sensor_id="c", seq=0)], 190.0),
-            ("process", [feed.reading(T0 + 90_000, sensor_id="c", seq=1)], 191.0),
+            ("process", [feed.reading(T0 + 1_000, sensor_id="a", seq=0)], NOW),
+            ("process", [feed.reading(T0 + 12_000, sensor_id="b", seq=0)], NOW),
+            ("process", [feed.reading(T0 + 2_000, sensor_id="a", seq=1)], NOW),
+            ("idle", [], NOW),
+            ("process", [feed.reading(T0 + 21_000, sensor_id="a", seq=2)], NOW),
+            ("process", [feed.reading(T0 + 22_000, sensor_id="b", seq=1)], NOW),
+            ("process", [feed.reading(T0 + 60_000, sensor_id="c", seq=0)], NOW),
+            ("process", [feed.reading(T0 + 90_000, sensor_id="c", seq=1)], NOW),
         ]
 
     @staticmethod
     def run(p: PartitionPipeline, steps: list[Step]) -> list[bytes]:
         outputs: list[bytes] = []
         for kind, records, now in steps:
-            result = p.process(records, now) if kind == "process" else p.close_idle(now)
+            result = p.process(records, now) if kind == "process" else p.close_idle()
             outputs.extend(o.value for o in result.outputs if o.value is not None)
         return outputs
 
-    @pytest.mark.parametrize("cut", range(1, 10))
+    @pytest.mark.parametrize("cut", range(1, 8))
     def test_restart_after_an_idle_close_emits_no_duplicate(self, cut: int) -> None:
         """Restart at the commit of any step: each window emitted once, no count lost."""
         steps = self.steps()
         records = [r for _, batch, _ in steps for r in batch]
-        uninterrupted = self.run(pipeline(idle_timeout_s=30.0), steps)
-        first = pipeline(idle_timeout_s=30.0)
+        uninterrupted = self.run(pipeline(), steps)
+        first = pipeline()
         before = self.run(first, steps[:cut])
         next_offset = sum(len(batch) for _, batch, _ in steps[:cut])
         floor = first.commit_floor()
         committed = next_offset if floor is None else min(next_offset, floor)
-        restarted = pipeline(idle_timeout_s=30.0, replay_until=next_offset)
+        restarted = pipeline(replay_until=next_offset)
         now = steps[cut - 1][2]
 
         replayed = restarted.process(records[committed:next_offset], now=now)
@@ -379,22 +425,26 @@ class TestIdleRestart:
     def test_a_late_reading_after_an_idle_close_stays_late_after_a_restart(self) -> None:
         """The watermark an idle close set survives a restart: no second, partial window."""
         feed = Feed()
-        first = pipeline(idle_timeout_s=30.0)
-        emitted = first.process([feed.reading(T0 + 11_000, sensor_id="a", seq=0)], 100.0).outputs
-        emitted += first.close_idle(131.0).outputs  # idle: a's window closes, watermark T0+20s
+        first = pipeline()
+        emitted = first.process([feed.reading(T0 + 11_000, sensor_id="a", seq=0)], NOW).outputs
+        emitted += first.close_idle().outputs  # idle: a's window closes, watermark T0+20s
         replay = [
             feed.reading(T0 + 21_000, sensor_id="b", seq=0),  # opens b's window
             feed.reading(T0 + 12_000, sensor_id="a", seq=1),  # late for a's closed window
         ]
-        result = first.process(replay, 140.0)
+        result = first.process(replay, NOW)
         floor, watermark = first.commit_floor(), first.watermark
-        restarted = pipeline(idle_timeout_s=30.0, replay_until=3, watermark=watermark)
-        restarted.process(replay[floor - 1 :], 150.0)
-        emitted += restarted.close_idle(181.0).outputs
+        restarted = pipeline(replay_until=3, watermark=watermark)
+        restarted.process(replay[floor - 1 :], NOW)
+        emitted += restarted.close_idle().outputs
 
         windows = [
             (a.sensor_id, a.window_start, a.count)
-            for a in (decode_aggregate(o.value) for o in emitted if o.value is not None)
+            for a in (
+                decode_aggregate(o.value)
+                for o in emitted
+                if o.value is not None and o.topic == AGGREGATES_TOPIC
+            )
         ]
         assert (1, 1) == (floor, result.late)
         assert [("a", T0 + 10_000, 1), ("b", T0 + 20_000, 1)] == windows
@@ -414,7 +464,7 @@ class TestReplay:
         records[3] = Feed().record(b"junk")
         records[3].offset = 3
 
-        result = pipeline(replay_until=len(records)).process(records, now=0.0)
+        result = pipeline(replay_until=len(records)).process(records, now=NOW)
 
         assert ([], [], 21, 0) == (result.outputs, result.valid, result.replayed, result.ok)
 
@@ -423,14 +473,14 @@ class TestReplay:
         """Outputs before the restart + after it == outputs of an uninterrupted run."""
         records = [*self.stream(), Feed().reading(T0 + 40_000)]
         records[-1].offset = len(records) - 1
-        uninterrupted = pipeline().process(records, now=0.0)
+        uninterrupted = pipeline().process(records, now=NOW)
         first_run = pipeline()
-        before = first_run.process(records[:cut], now=0.0)
+        before = first_run.process(records[:cut], now=NOW)
         floor = first_run.commit_floor()
         restarted = pipeline(replay_until=cut)
 
-        replayed = restarted.process(records[cut if floor is None else floor : cut], now=0.0)
-        after = restarted.process(records[cut:], now=0.0)
+        replayed = restarted.process(records[cut if floor is None else floor : cut], now=NOW)
+        after = restarted.process(records[cut:], now=NOW)
 
         assert [] == replayed.outputs
         assert [o.value for o in uninterrupted.outputs] == [
@@ -443,7 +493,7 @@ class TestReplay:
         records = self.stream()
         restarted = pipeline(replay_until=21)
 
-        result = restarted.process(records, now=0.0)
+        result = restarted.process(records, now=NOW)
 
         assert ([], 21, 1) == (result.outputs, result.replayed, restarted.open_windows)
 
@@ -451,7 +501,7 @@ class TestReplay:
         """Records from replay_until on are processed normally in the same batch."""
         records = self.stream()
 
-        result = pipeline(replay_until=20).process(records, now=0.0)
+        result = pipeline(replay_until=20).process(records, now=NOW)
 
         assert (20, 1, [20]) == (
             result.replayed,
@@ -470,21 +520,31 @@ class TestReplay:
         feed = Feed()
         records = [feed.reading(T0, temperature=50.0), feed.reading(T0 + 1, temperature=50.5)]
 
-        result = pipeline(replay_until=1).process(records, now=0.0)
+        result = pipeline(replay_until=1).process(records, now=NOW)
 
         assert ([], 1) == (result.outputs, result.replayed)
 
 
 class TestConfig:
     def test_defaults_match_the_contract(self) -> None:
-        """10 s windows, 5 s lateness, 30 s idle, late events not dead-lettered."""
+        """10 s windows, 5 s lateness, 5 min future skew, late events dead-lettered, 4 MiB DLQ."""
         config = PipelineConfig(instance="i")
 
-        assert (10_000, 5_000, 30.0, False, AGGREGATES_TOPIC, ALERTS_TOPIC, DLQ_TOPIC) == (
+        assert (
+            10_000,
+            5_000,
+            300_000,
+            False,
+            4 * 1024 * 1024,
+            AGGREGATES_TOPIC,
+            ALERTS_TOPIC,
+            DLQ_TOPIC,
+        ) == (
             config.window_size_ms,
             config.allowed_lateness_ms,
-            config.idle_timeout_s,
-            config.dead_letter_late,
+            config.max_future_skew_ms,
+            config.drop_late,
+            config.dlq_max_bytes,
             config.aggregates_topic,
             config.alerts_topic,
             config.dlq_topic,
@@ -498,6 +558,6 @@ class TestConfig:
     def test_outputs_are_json(self) -> None:
         """Aggregate values are plain JSON objects."""
         feed = Feed()
-        result = pipeline().process([feed.reading(T0), feed.reading(T0 + 20_000)], now=0.0)
+        result = pipeline().process([feed.reading(T0), feed.reading(T0 + 20_000)], now=NOW)
 
         assert "sensor-0001" == orjson.loads(result.outputs[0].value or b"")["sensor_id"]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
-from sensorstream.processor._service import tune_gc
+from sensorstream.processor._metrics import ProcessorMetrics
+from sensorstream.processor._service import ProcessorService, tune_gc
+from sensorstream.processor.settings import ProcessorSettings
+from sensorstream.runtime import load_settings
 
 
 @pytest.fixture
@@ -27,3 +33,40 @@ class TestTuneGc:
 
         assert gc.get_freeze_count() > 0
         assert 50_000 == gc.get_threshold()[0]
+
+
+class HangingMembership:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def leave(self, grace: float) -> None:
+        await asyncio.sleep(60)
+
+    def cancel_all(self) -> None:
+        self.cancelled = True
+
+
+class QuickMembership(HangingMembership):
+    async def leave(self, grace: float) -> None:
+        return None
+
+
+class TestShutdown:
+    async def test_a_shutdown_that_runs_out_of_time_exits_non_zero(self) -> None:
+        """Workers that do not finish within --shutdown-timeout: exit 1, tasks cancelled."""
+        settings = load_settings(ProcessorSettings, ["--shutdown-timeout", "0.2"])
+        membership = HangingMembership()
+        service = ProcessorService(settings, ProcessorMetrics(CollectorRegistry()))
+
+        with capture_logs() as logs:
+            status = await service._shutdown(membership)  # type: ignore[arg-type]
+
+        assert (1, True) == (status, membership.cancelled)
+        assert "shutdown_timed_out" in [e["event"] for e in logs]
+
+    async def test_a_shutdown_in_time_exits_zero(self) -> None:
+        """Everything drained and committed within the timeout: exit 0."""
+        settings = load_settings(ProcessorSettings, ["--shutdown-timeout", "5"])
+        service = ProcessorService(settings, ProcessorMetrics(CollectorRegistry()))
+
+        assert 0 == await service._shutdown(QuickMembership())  # type: ignore[arg-type]

@@ -32,6 +32,16 @@ class TestDefaults:
             settings.handler,
         )
 
+    def test_robustness_defaults(self) -> None:
+        """Future skew 5 min, late readings dead-lettered, 5 min retry budget."""
+        settings = load_settings(ProcessorSettings, [])
+
+        assert (300.0, False, 300.0) == (
+            settings.max_future_skew,
+            settings.drop_late,
+            settings.retry_budget,
+        )
+
     def test_every_field_is_described(self) -> None:
         """--help documents every setting with its environment variable."""
         undocumented = [
@@ -71,6 +81,8 @@ class TestInvalid:
             (["--max-batch", "0"], "--max-batch / SENSORSTREAM_MAX_BATCH"),
             (["--fetch-min-bytes", "0"], "--fetch-min-bytes / SENSORSTREAM_FETCH_MIN_BYTES"),
             (["--fetch-max-wait", "0"], "--fetch-max-wait / SENSORSTREAM_FETCH_MAX_WAIT"),
+            (["--max-future-skew", "-1"], "--max-future-skew / SENSORSTREAM_MAX_FUTURE_SKEW"),
+            (["--retry-budget", "0"], "--retry-budget / SENSORSTREAM_RETRY_BUDGET"),
         ],
     )
     def test_bad_value_exits_2_naming_flag_and_variable(

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sensorstream.processor._windows import SensorWindow, TumblingWindows
+from sensorstream.processor._windows import NO_WATERMARK, SensorWindow, TumblingWindows
 from sensorstream.schema import SensorReading, WindowAggregate, encode_aggregate
 
 T0 = 1_700_000_000_000
@@ -33,10 +33,8 @@ def reading(
     )
 
 
-def windows(
-    size_ms: int = 10_000, lateness_ms: int = 5_000, idle_s: float = 30.0
-) -> TumblingWindows:
-    return TumblingWindows(size_ms=size_ms, allowed_lateness_ms=lateness_ms, idle_timeout_s=idle_s)
+def windows(size_ms: int = 10_000, lateness_ms: int = 5_000) -> TumblingWindows:
+    return TumblingWindows(size_ms=size_ms, allowed_lateness_ms=lateness_ms)
 
 
 class TestAssignment:
@@ -223,53 +221,36 @@ class TestLateness:
 
 
 class TestIdleClose:
-    def test_idle_partition_closes_every_open_window(self) -> None:
-        """No record for idle_timeout_s: all open windows close, oldest first."""
-        w = windows(idle_s=30.0)
+    def test_closing_nothing_open_changes_nothing(self) -> None:
+        """close_all on a partition without open windows leaves the watermark alone."""
+        w = windows()
         closed: list[SensorWindow] = []
-        w.touch(100.0)
+
+        w.close_all(closed)
+
+        assert ([], NO_WATERMARK) == (closed, w.watermark)
+
+    def test_idle_partition_closes_every_open_window(self) -> None:
+        """An idle partition closes all its open windows, oldest first."""
+        w = windows()
+        closed: list[SensorWindow] = []
         w.add(reading(T0 + 12_000, sensor_id="a"), 0, closed)
         w.add(reading(T0 + 9_000, sensor_id="b"), 1, closed)
         w.add(reading(T0 + 12_500, sensor_id="b"), 2, closed)
 
-        w.close_idle(130.0, closed)
+        w.close_all(closed)
 
         assert [("b", T0), ("a", T0 + 10_000), ("b", T0 + 10_000)] == [
             (x.sensor_id, x.start) for x in closed
         ]
         assert (0, None) == (w.open_windows, w.commit_floor())
 
-    def test_nothing_closes_before_the_timeout(self) -> None:
-        """A partition that received a record 29.9 s ago keeps its windows open."""
-        w = windows(idle_s=30.0)
-        closed: list[SensorWindow] = []
-        w.touch(100.0)
-        w.add(reading(T0), 0, closed)
-
-        w.close_idle(129.9, closed)
-
-        assert ([], 1) == (closed, w.open_windows)
-
-    def test_any_record_keeps_the_partition_active(self) -> None:
-        """A silent sensor's window stays open while the partition still receives records."""
-        w = windows(idle_s=30.0)
-        closed: list[SensorWindow] = []
-        w.touch(100.0)
-        w.add(reading(T0, sensor_id="silent"), 0, closed)
-        w.touch(125.0)
-        w.add(reading(T0 + 1, sensor_id="chatty"), 1, closed)
-
-        w.close_idle(130.0, closed)
-
-        assert ([], 2) == (closed, w.open_windows)
-
     def test_event_for_an_idle_closed_window_is_late(self) -> None:
         """After an idle close, a straggler for any closed window is late, not a new window."""
-        w = windows(idle_s=30.0)
+        w = windows()
         closed: list[SensorWindow] = []
-        w.touch(100.0)
         w.add(reading(T0, sensor_id="a"), 0, closed)
-        w.close_idle(200.0, closed)
+        w.close_all(closed)
 
         accepted = w.add(reading(T0 + 1, sensor_id="b"), 1, closed)
 
@@ -277,11 +258,10 @@ class TestIdleClose:
 
     def test_watermark_does_not_close_an_idle_closed_window_again(self) -> None:
         """A window emitted by the idle timeout is not emitted a second time."""
-        w = windows(idle_s=30.0)
+        w = windows()
         closed: list[SensorWindow] = []
-        w.touch(100.0)
         w.add(reading(T0), 0, closed)
-        w.close_idle(200.0, closed)
+        w.close_all(closed)
 
         w.add(reading(T0 + 60_000), 1, closed)
 
@@ -289,11 +269,10 @@ class TestIdleClose:
 
     def test_later_windows_open_after_an_idle_close(self) -> None:
         """A partition that wakes up windows its new readings as usual."""
-        w = windows(idle_s=30.0)
+        w = windows()
         closed: list[SensorWindow] = []
-        w.touch(100.0)
         w.add(reading(T0), 0, closed)
-        w.close_idle(200.0, closed)
+        w.close_all(closed)
 
         accepted = w.add(reading(T0 + 10_000), 1, closed)
 
@@ -328,14 +307,13 @@ class TestCommitFloor:
 
     def test_idle_close_releases_the_floor(self) -> None:
         """After an idle close the floor is None, even though a reading set the watermark."""
-        w = windows(idle_s=30.0)
+        w = windows()
         closed: list[SensorWindow] = []
-        w.touch(0.0)
         w.add(reading(T0 + 9_000, sensor_id="a"), 10, closed)  # sets the watermark
         w.add(reading(T0 + 1_000, sensor_id="b"), 11, closed)
         before = w.commit_floor()
 
-        w.close_idle(35.0, closed)
+        w.close_all(closed)
 
         assert (10, None) == (before, w.commit_floor())
 
@@ -387,10 +365,8 @@ class TestNothingLost:
 
 
 class TestValidation:
-    @pytest.mark.parametrize(
-        ("size_ms", "lateness_ms", "idle_s"), [(0, 0, 1.0), (10, -1, 1.0), (10, 0, 0.0)]
-    )
-    def test_rejects_nonsense(self, size_ms: int, lateness_ms: int, idle_s: float) -> None:
-        """Size and idle timeout must be positive, lateness not negative."""
+    @pytest.mark.parametrize(("size_ms", "lateness_ms"), [(0, 0), (-10, 0), (10, -1)])
+    def test_rejects_nonsense(self, size_ms: int, lateness_ms: int) -> None:
+        """Size must be positive, lateness not negative."""
         with pytest.raises(ValueError, match="must be"):
-            windows(size_ms, lateness_ms, idle_s)
+            windows(size_ms, lateness_ms)

@@ -17,7 +17,7 @@ from sensorstream.schema import DeadLetterReason
 
 __all__ = ["OUTCOMES", "PartitionMetrics", "ProcessorMetrics"]
 
-OUTCOMES = ("ok", "invalid", "late", "retried", "dead_lettered", "replayed")
+OUTCOMES = ("ok", "invalid", "late", "dropped", "retried", "dead_lettered", "replayed")
 ALERT_KINDS = ("temperature_high", "temperature_low", "humidity_high", "humidity_low")
 
 _LATENCY_BUCKETS = (
@@ -59,6 +59,7 @@ class ProcessorMetrics:
         self.ok = events.labels(outcome="ok")
         self.invalid = events.labels(outcome="invalid")
         self.late = events.labels(outcome="late")
+        self.dropped = events.labels(outcome="dropped")
         self.retried = events.labels(outcome="retried")
         self.dead_lettered = events.labels(outcome="dead_lettered")
         self.replayed = events.labels(outcome="replayed")
@@ -67,6 +68,16 @@ class ProcessorMetrics:
             ["reason"], registry=registry,
         )  # fmt: skip
         self.dead_letters = {r.value: dead_letters.labels(reason=r.value) for r in DeadLetterReason}
+        self.dead_letters_truncated = Counter(
+            p + "dead_letters_truncated_total",
+            "Dead letters whose value was cut to fit the dead-letter topic's size limit.",
+            registry=registry,
+        )
+        self.retries = Counter(
+            p + "retries_total",
+            "Retries of Kafka operations after a retriable error, by operation.",
+            ["operation"], registry=registry,
+        )  # fmt: skip
         self.processing_latency = Histogram(
             p + "processing_latency_seconds",
             "Event time to done (outputs acked); sampled per batch: oldest and newest event.",
@@ -131,6 +142,7 @@ class ProcessorMetrics:
             ("ok", self.ok),
             ("invalid", self.invalid),
             ("late", self.late),
+            ("dropped", self.dropped),
             ("replayed", self.replayed),
             ("dead_lettered", self.dead_lettered),
             ("retried", self.retried),

@@ -6,6 +6,17 @@ valid readings for the user's handler, and the counts the runtime turns into
 metrics. It is pure and synchronous: it never touches Kafka, the clock, a logger
 or a metric, so the runtime owns every side effect and the steps stay testable.
 
+Event-time sanity: a reading stamped further ahead of the processor's clock than
+``max_future_skew_ms`` (a device with a wrong clock) is dead-lettered as
+``future_event_time`` and never moves the watermark; one bad clock cannot close every
+window of its partition. A watermark restored from a commit is held to the same bound
+(:meth:`PipelineConfig.trusted_watermark`).
+
+Late readings (their window already closed) go to the DLQ as ``late_event`` with their
+lateness, unless the user opted in to dropping them (``drop_late``): then they are
+counted (``dropped``), still alerted on and handled, but in no aggregate. So every
+consumed record ends in an aggregate, the DLQ, or a counted, opted-in drop.
+
 Replay: records with ``offset < replay_until`` were processed before a restart and
 their outputs acknowledged; they only rebuild window and alert state. Nothing they
 cause is emitted, including windows that close during the replay (those aggregates
@@ -24,7 +35,7 @@ from sensorstream.schema import (
     AGGREGATES_TOPIC,
     ALERTS_TOPIC,
     DLQ_TOPIC,
-    DeadLetterHeaders,
+    TOPOLOGY,
     DeadLetterReason,
     Rejection,
     SensorReading,
@@ -33,6 +44,7 @@ from sensorstream.schema import (
 )
 
 from ._alerts import AlertRules, AlertThresholds
+from ._dead_letters import DeadLetterWriter, OutputRecord
 from ._windows import NO_WATERMARK, SensorWindow, TumblingWindows
 
 __all__ = [
@@ -42,13 +54,17 @@ __all__ = [
     "OutputRecord",
     "PartitionPipeline",
     "PipelineConfig",
-    "dead_letter",
 ]
 
 _MAX_CACHED_KEYS = 100_000
 _LATE_MESSAGE = (
     "event_time {event_time} is in window [{start}, {end}), already closed (watermark {watermark})"
 )
+_FUTURE_MESSAGE = (
+    "event_time {event_time} is {ahead} ms ahead of the processor's clock, more than the "
+    "{skew} ms --max-future-skew allows (a device clock far off?)"
+)
+DEFAULT_DLQ_MAX_BYTES = TOPOLOGY.dlq.minimums["max.message.bytes"]
 
 
 class ConsumedRecord(Protocol):
@@ -76,33 +92,39 @@ class PipelineConfig:
 
     window_size_ms: int = 10_000
     allowed_lateness_ms: int = 5_000
-    idle_timeout_s: float = 30.0
-    dead_letter_late: bool = False
-    """Also send late events to the DLQ (reason ``late_event``); they are always counted."""
+    max_future_skew_ms: int = 300_000
+    """How far ahead of the processor's clock an event time may be (see the module doc)."""
+    drop_late: bool = False
+    """Count late events instead of dead-lettering them (they are always counted)."""
     thresholds: AlertThresholds = field(default_factory=AlertThresholds)
     instance: str
     """This processor instance, written into every dead letter's headers."""
     aggregates_topic: str = AGGREGATES_TOPIC
     alerts_topic: str = ALERTS_TOPIC
     dlq_topic: str = DLQ_TOPIC
+    dlq_max_bytes: int = DEFAULT_DLQ_MAX_BYTES
+    """The largest record the DLQ takes; bigger dead letters are cut to fit."""
 
     def __post_init__(self) -> None:
         if self.window_size_ms <= 0:
             raise ValueError(f"window_size_ms must be > 0, got {self.window_size_ms}")
         if self.allowed_lateness_ms < 0:
             raise ValueError(f"allowed_lateness_ms must be >= 0, got {self.allowed_lateness_ms}")
-        if self.idle_timeout_s <= 0:
-            raise ValueError(f"idle_timeout_s must be > 0, got {self.idle_timeout_s}")
+        if self.max_future_skew_ms < 0:
+            raise ValueError(f"max_future_skew_ms must be >= 0, got {self.max_future_skew_ms}")
 
+    def future_limit(self, now: float) -> int:
+        """The latest event time (epoch ms) a reading may have at wall time ``now``."""
+        return int(now * 1000) + self.max_future_skew_ms
 
-@dataclass(slots=True)
-class OutputRecord:
-    """One record to produce."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
+    def trusted_watermark(self, watermark: int, now: float) -> int:
+        """``watermark`` restored from a commit, or NO_WATERMARK if no sane reading could
+        have set it: beyond ``future_limit(now)`` minus the lateness it came from a clock
+        this processor refuses, so the partition starts afresh rather than count every
+        reading late."""
+        if watermark > self.future_limit(now) - self.allowed_lateness_ms:
+            return NO_WATERMARK
+        return watermark
 
 
 @dataclass(slots=True)
@@ -119,7 +141,13 @@ class BatchResult:
     invalid: int = 0
     """Events the decoder refused (all dead-lettered)."""
     late: int = 0
-    """Valid events whose window had already closed."""
+    """Valid events whose window had already closed (dead-lettered, or dropped)."""
+    dropped: int = 0
+    """Late events dropped on the user's request (``drop_late``): in no aggregate, no DLQ."""
+    future: int = 0
+    """Valid events stamped too far in the future (dead-lettered)."""
+    truncated: int = 0
+    """Dead letters whose value was cut to fit the DLQ."""
     replayed: int = 0
     """Events below ``replay_until`` that only rebuilt state."""
     aggregates: int = 0
@@ -133,25 +161,6 @@ class BatchResult:
     metrics sample these two; within a partition events are nearly in time order)."""
     event_time_max: int | None = None
     """The larger of those two event times."""
-
-
-def dead_letter(
-    record: Any, *, reason: DeadLetterReason, error: str, instance: str, dlq_topic: str
-) -> OutputRecord:
-    """The DLQ record for ``record``: its key, value and headers unchanged, plus ours."""
-    headers = list(record.headers or ())
-    headers.extend(
-        DeadLetterHeaders(
-            reason=reason,
-            error=error,
-            original_topic=record.topic,
-            original_partition=record.partition,
-            original_offset=record.offset,
-            original_timestamp=record.timestamp,
-            instance=instance,
-        ).to_kafka_headers()
-    )
-    return OutputRecord(topic=dlq_topic, key=record.key, value=record.value, headers=headers)
 
 
 class PartitionPipeline:
@@ -177,13 +186,15 @@ class PartitionPipeline:
         self._windows = TumblingWindows(
             size_ms=config.window_size_ms,
             allowed_lateness_ms=config.allowed_lateness_ms,
-            idle_timeout_s=config.idle_timeout_s,
             # The watermark of the last commit: windows it had closed (by event time or
             # by an idle close) stay closed during and after the replay.
             watermark=watermark,
         )
         self._alerts = AlertRules(config.thresholds)
         self._sensor_keys: dict[str, bytes] = {}
+        self.dead_letters = DeadLetterWriter(
+            topic=config.dlq_topic, instance=config.instance, max_bytes=config.dlq_max_bytes
+        )
 
     @property
     def open_windows(self) -> int:
@@ -213,12 +224,11 @@ class PartitionPipeline:
         latched = rules.latched_sensors
         replay_until = self.replay_until
         config = self.config
-        dead_letter_late = config.dead_letter_late
+        drop_late = config.drop_late
+        future_limit = config.future_limit(now)
         ok = late = replayed = 0
         first: SensorReading | None = None
         last: SensorReading | None = None
-        if records:
-            self._windows.touch(now)
         for record in records:
             reading = decode_reading(record.value)
             offset = record.offset
@@ -227,6 +237,12 @@ class PartitionPipeline:
                     replayed += 1
                 else:
                     self._reject(record, reading, result)
+                continue
+            if reading.event_time > future_limit:
+                if offset < replay_until:
+                    replayed += 1
+                else:
+                    self._dead_letter_future(record, reading, now, result)
                 continue
             if offset < replay_until:
                 replayed += 1
@@ -240,9 +256,10 @@ class PartitionPipeline:
                     self._emit_aggregates(closed, result)
             else:
                 late += 1
-                if dead_letter_late:
+                if not drop_late:
                     self._dead_letter_late(record, reading, result)
                     continue
+                result.dropped += 1
             # AlertRules.evaluate, with its usual "nothing to say" case inlined.
             if (
                 not (t_low <= reading.temperature <= t_high and h_low <= reading.humidity <= h_high)
@@ -264,15 +281,16 @@ class PartitionPipeline:
             result.event_time_max = max(first.event_time, last.event_time)
         return result
 
-    def close_idle(self, now: float) -> BatchResult:
-        """If no record arrived for ``idle_timeout_s`` (wall clock), close and emit every window.
+    def close_idle(self) -> BatchResult:
+        """The partition is idle: close and emit every open window.
 
-        The runtime calls this only while its worker is caught up (nothing buffered), so
-        a backlog is never mistaken for silence; see ``_windows`` for the semantics.
+        The runtime calls this only once the broker has confirmed for the idle timeout
+        that the partition has nothing new and its worker is caught up, so neither a
+        backlog nor an unreachable broker is mistaken for silence (see ``_windows``).
         """
         result = BatchResult()
         closed: list[SensorWindow] = []
-        self._windows.close_idle(now, closed)
+        self._windows.close_all(closed)
         if closed:
             self._emit_aggregates(closed, result)
         return result
@@ -312,35 +330,42 @@ class PartitionPipeline:
         result.alerts_emitted += len(alerts)
 
     def _reject(self, record: Any, rejection: Rejection, result: BatchResult) -> None:
-        reason = DeadLetterReason(rejection.reason)
         result.invalid += 1
-        result.dead_letters[reason.value] += 1
-        result.outputs.append(
-            dead_letter(
-                record,
-                reason=reason,
-                error=rejection.message,
-                instance=self.config.instance,
-                dlq_topic=self.config.dlq_topic,
-            )
-        )
+        self._dead_letter(record, DeadLetterReason(rejection.reason), rejection.message, result)
 
     def _dead_letter_late(self, record: Any, reading: SensorReading, result: BatchResult) -> None:
         size = self.config.window_size_ms
         start = reading.event_time - reading.event_time % size
+        watermark = self._windows.watermark
         error = _LATE_MESSAGE.format(
+            event_time=reading.event_time, start=start, end=start + size, watermark=watermark
+        )
+        # How far behind the newest event time of its partition the reading is.
+        lateness = watermark + self.config.allowed_lateness_ms - reading.event_time
+        self._dead_letter(record, DeadLetterReason.LATE_EVENT, error, result, lateness=lateness)
+
+    def _dead_letter_future(
+        self, record: Any, reading: SensorReading, now: float, result: BatchResult
+    ) -> None:
+        result.future += 1
+        error = _FUTURE_MESSAGE.format(
             event_time=reading.event_time,
-            start=start,
-            end=start + size,
-            watermark=self._windows.watermark,
+            ahead=reading.event_time - int(now * 1000),
+            skew=self.config.max_future_skew_ms,
         )
-        result.dead_letters[DeadLetterReason.LATE_EVENT.value] += 1
-        result.outputs.append(
-            dead_letter(
-                record,
-                reason=DeadLetterReason.LATE_EVENT,
-                error=error,
-                instance=self.config.instance,
-                dlq_topic=self.config.dlq_topic,
-            )
-        )
+        self._dead_letter(record, DeadLetterReason.FUTURE_EVENT_TIME, error, result)
+
+    def _dead_letter(
+        self,
+        record: Any,
+        reason: DeadLetterReason,
+        error: str,
+        result: BatchResult,
+        *,
+        lateness: int | None = None,
+    ) -> None:
+        letter = self.dead_letters.letter(record, reason, error, lateness_ms=lateness)
+        result.outputs.append(letter)
+        result.dead_letters[reason.value] += 1
+        if letter.truncated:
+            result.truncated += 1

@@ -5,24 +5,25 @@ A reading with event time ``t`` belongs to the window ``[s, s + size)`` with
 the allowed lateness; a window closes when the watermark reaches its end. A reading
 for a window that has already closed is late and is not counted anywhere.
 
-Idle partitions (wall clock). The watermark only moves with readings, so when a
-whole partition goes quiet its last windows would never close. The idle timeout
-therefore applies to the *partition*, like Flink's idle sources: once the partition
-has received no record for ``idle_timeout_s`` seconds of wall-clock time (and its
-worker is caught up, which the runtime ensures), it is idle and its watermark jumps
-to the end of its newest open window, which closes *every* open window, oldest
-first. Afterwards nothing is open, so ``commit_floor()`` is None and the commit
-moves past everything read: a restart never replays, rebuilds and re-emits a window
-that closed idle. A reading for one of those windows that arrives later is late, as
-for any window the watermark passed. A single sensor that goes silent while others
-on its partition keep sending needs no timeout: their readings advance the
-watermark, which closes its window.
+Idle partitions. The watermark only moves with readings, so when a whole partition
+goes quiet its last windows would never close. The runtime then calls
+:meth:`TumblingWindows.close_all` — only when the *broker* has confirmed, fetch after
+fetch, for the idle timeout, that nothing new is there (``_fetching.PartitionFeed``):
+a broker that cannot be reached or a leader that is moving is not silence. Closing all
+moves the watermark to the end of the newest open window and closes *every* open
+window, oldest first, like Flink's idle sources. Afterwards nothing is open, so
+``commit_floor()`` is None and the commit moves past everything read: a restart never
+replays, rebuilds and re-emits a window that closed idle. A reading that arrives later
+for one of those windows is late, as for any window the watermark passed. A single
+sensor that goes silent while others on its partition keep sending needs no timeout:
+their readings advance the watermark, which closes its window.
 
 All windows of a partition share their boundaries, so open windows are grouped by
 end (``dict[end] -> dict[sensor_id] -> window``) and the ends kept in a heap: the
 watermark pops only the groups it passes, never scanning every window per event.
 
-This module is pure: no Kafka, no clock, no logging, no metrics.
+This module is pure: no Kafka, no clock, no logging, no metrics. Event times are
+checked for sanity (``--max-future-skew``) before they get here.
 """
 
 from __future__ import annotations
@@ -145,11 +146,9 @@ class TumblingWindows:
     __slots__ = (
         "_by_end",
         "_ends",
-        "_idle_timeout_s",
         "_lateness_ms",
         "_open",
         "_size_ms",
-        "last_record_at",
         "max_event_time_offset",
         "next_end",
         "watermark",
@@ -160,18 +159,14 @@ class TumblingWindows:
         *,
         size_ms: int,
         allowed_lateness_ms: int,
-        idle_timeout_s: float,
         watermark: int = NO_WATERMARK,
     ) -> None:
         if size_ms <= 0:
             raise ValueError(f"window size must be a positive number of ms, got {size_ms}")
         if allowed_lateness_ms < 0:
             raise ValueError(f"allowed lateness must be >= 0 ms, got {allowed_lateness_ms}")
-        if idle_timeout_s <= 0:
-            raise ValueError(f"idle timeout must be a positive number of s, got {idle_timeout_s}")
         self._size_ms = size_ms
         self._lateness_ms = allowed_lateness_ms
-        self._idle_timeout_s = idle_timeout_s
         self._by_end: dict[int, dict[str, SensorWindow]] = {}
         self._ends: list[int] = []
         self._open = 0
@@ -181,17 +176,11 @@ class TumblingWindows:
         """The earliest end among the open window groups."""
         self.max_event_time_offset: int | None = None
         """Source offset of the reading that set the watermark (see ``commit_floor``)."""
-        self.last_record_at: float | None = None
-        """Wall-clock time (``time.time()``) the partition last received a record."""
 
     @property
     def open_windows(self) -> int:
         """How many sensor windows are open right now."""
         return self._open
-
-    def touch(self, now: float) -> None:
-        """Note that the partition received records at wall-clock time ``now``."""
-        self.last_record_at = now
 
     def add(self, reading: SensorReading, offset: int, closed: list[SensorWindow]) -> bool:
         """Put ``reading`` into its window; False if it is late (its window has closed).
@@ -256,19 +245,14 @@ class TumblingWindows:
             self._open -= len(group)
         self.next_end = ends[0] if ends else _NO_END
 
-    def idle(self, now: float) -> bool:
-        """True if windows are open and no record arrived for the idle timeout."""
-        last = self.last_record_at
-        return self._open > 0 and (last is None or now - last >= self._idle_timeout_s)
-
-    def close_idle(self, now: float, closed: list[SensorWindow]) -> None:
-        """If the partition is idle at ``now``, close every open window (see module doc).
+    def close_all(self, closed: list[SensorWindow]) -> None:
+        """The partition is idle: close every open window, oldest first (see module doc).
 
         The watermark moves to the end of the newest open window; it is then no longer
         set by a reading, so a replay need not reach it (``max_event_time_offset`` is
         cleared and stops holding the commit floor back).
         """
-        if not self.idle(now):
+        if not self._open:
             return
         watermark = max(self._by_end)
         self.watermark = watermark

@@ -10,9 +10,9 @@ The contract, which the processor keeps and the implementer may rely on:
 
 * **When.** ``handle()`` is called once per *valid* event of the input topic, after
   the event was decoded, put into its window and checked against the alert rules.
-  Events the decoder refuses never reach it (they go to the dead-letter topic); late
-  events reach it unless the processor dead-letters late events
-  (``--dead-letter-late``).
+  Events the decoder refuses, events stamped too far in the future and late events
+  never reach it (they go to the dead-letter topic); with ``--drop-late`` late events
+  do reach it (they are only left out of the aggregates).
 * **Ordering.** Within one partition, events arrive in offset order, which is the
   order each sensor produced them in (sensors are partitioned by key).
 * **Concurrency.** Never concurrently for the same partition: the next event of a

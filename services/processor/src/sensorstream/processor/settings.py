@@ -74,12 +74,24 @@ class ProcessorSettings(ServiceSettings):
     idle_timeout: float = Field(
         30.0,
         gt=0,
-        description="Wall-clock seconds without any record on a partition after which it is "
-        "idle and all its open windows close (once its worker is caught up); a sensor that "
-        "goes quiet while others on its partition send is closed by their watermark.",
+        description="Seconds the broker must confirm a partition caught up and silent before "
+        "it is idle and all its open windows close; time the broker is unreachable or the "
+        "partition's leader moves does not count. A sensor that goes quiet while others on "
+        "its partition send is closed by their watermark.",
     )
-    dead_letter_late: bool = Field(
-        False, description="Also send events later than the allowed lateness to the DLQ."
+    max_future_skew: float = Field(
+        300.0,
+        ge=0,
+        le=31 * 86_400,
+        description="Seconds an event time may lie ahead of this processor's clock; a later "
+        "one (a device clock far off) goes to the DLQ as future_event_time and never moves "
+        "a watermark.",
+    )
+    drop_late: bool = Field(
+        False,
+        description="Drop events later than the allowed lateness (counted as outcome "
+        "'dropped', still alerted on and handled) instead of sending them to the DLQ as "
+        "late_event.",
     )
     temperature_high: float = Field(45.0, description="Alert when temperature rises above (°C).")
     temperature_low: float = Field(-10.0, description="Alert when temperature falls below (°C).")
@@ -111,6 +123,14 @@ class ProcessorSettings(ServiceSettings):
     )
     commit_interval: float = Field(
         1.0, gt=0, le=300, description="Seconds between offset commits (or transactions)."
+    )
+    retry_budget: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="Seconds a retriable Kafka error (broker unreachable, leader moving) is "
+        "retried with backoff, per operation (outputs, commits, fetches, admin calls), before "
+        "the processor gives up and exits 1.",
     )
     max_batch: int = Field(5000, ge=1, le=1_000_000, description="Most records fetched per poll.")
     partition_buffer: int = Field(
@@ -159,6 +179,16 @@ class ProcessorSettings(ServiceSettings):
         high = info.data.get("humidity_high")
         if high is not None and value >= high:
             raise ValueError(f"must be below --humidity-high ({high:g})")
+        return value
+
+    @field_validator("fetch_max_wait")
+    @classmethod
+    def _below_half_the_idle_timeout(cls, value: float, info: ValidationInfo) -> float:
+        idle = info.data.get("idle_timeout")
+        if idle is not None and 2 * value >= idle:
+            # A partition counts as unanswered after 2 x fetch_max_wait without a response;
+            # that must come well before it could count as idle.
+            raise ValueError(f"must be below half of --idle-timeout ({idle:g})")
         return value
 
     @field_validator("heartbeat_interval")
