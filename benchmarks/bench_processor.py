@@ -85,10 +85,22 @@ def prefill(bootstrap: str, topic: str, count: int) -> float:
 
 
 def create_topic(bootstrap: str, topic: str) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
+    """The input topic as the topology declares it, under this run's name."""
+    from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
+    from sensorstream.runtime import RetryPolicy, ensure_topics
+    from sensorstream.schema import TOPOLOGY
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            spec = TOPOLOGY.configured(partitions=PARTITIONS, names={"input": topic}).input
+            await ensure_topics(admin, [spec], bootstrap=bootstrap, policy=RetryPolicy(budget=30))
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
 
 
 # -- child modes: each prints one JSON line {events, seconds, cpu, rss_mb} -------------

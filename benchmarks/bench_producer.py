@@ -175,13 +175,17 @@ def run_contender(name: str, bootstrap: str, topic: str, seconds: float) -> dict
 
 
 async def _create_topic(bootstrap: str, name: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    """The input topic as the topology declares it, under this run's name."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from sensorstream.runtime import RetryPolicy, ensure_topics
+    from sensorstream.schema import TOPOLOGY
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, num_partitions=6, replication_factor=1)])
-        await asyncio.sleep(1.0)
+        spec = TOPOLOGY.configured(partitions=6, names={"input": name}).input
+        await ensure_topics(admin, [spec], bootstrap=bootstrap, policy=RetryPolicy(budget=30))
     finally:
         await admin.close()
 

@@ -95,7 +95,7 @@ def render() -> str:
         (
             "sensorstream-topics",
             TopicsSettings,
-            "Create, check and fix the declared topics ([operations.md](operations.md)).",
+            "Create, check and fix the declared topics ([operations.md](operations.md#topics)).",
         ),
     ):
         own = [

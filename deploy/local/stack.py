@@ -39,13 +39,13 @@ sys.path.insert(0, str(REPO / "deploy" / "kafka"))
 
 import kafkactl  # noqa: E402
 
-from sensorstream.schema import AGGREGATES_TOPIC, ALERTS_TOPIC, DLQ_TOPIC, INPUT_TOPIC  # noqa: E402
+from sensorstream.schema import TOPOLOGY  # noqa: E402
 
 __all__ = ["main", "parse_metrics", "prometheus_config"]
 
 DEFAULT_STATE_DIR = REPO / ".cache" / "local-stack"
 RULES_FILE = REPO / "deploy" / "prometheus" / "sensorstream.rules.yml"
-TOPICS = (INPUT_TOPIC, AGGREGATES_TOPIC, ALERTS_TOPIC, DLQ_TOPIC)
+TOPICS = tuple(spec.name for spec in TOPOLOGY)
 HOST = "127.0.0.1"
 MARKER_ENV = "SENSORSTREAM_LOCAL_STACK_DIR"  # not a service setting: identifies our children
 STOP_GRACE = 20.0  # services flush and commit within their shutdown_timeout (15 s)
@@ -230,15 +230,20 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 async def _create_topics(bootstrap: str, partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    """The declared topology, created and checked the way every Sensorstream tool does."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from sensorstream.runtime import RetryPolicy, ensure_topics
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        new = [NewTopic(t, partitions, 1) for t in TOPICS if t not in existing]
-        if new:
-            await admin.create_topics(new)
+        await ensure_topics(
+            admin,
+            TOPOLOGY.configured(partitions=partitions),
+            bootstrap=bootstrap,
+            policy=RetryPolicy(budget=30.0),
+        )
     finally:
         await admin.close()
 

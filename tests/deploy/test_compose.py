@@ -12,11 +12,13 @@ from pydantic_settings import BaseSettings
 
 from sensorstream.processor.settings import ProcessorSettings
 from sensorstream.producer.settings import ProducerSettings
-from sensorstream.schema import AGGREGATES_TOPIC, ALERTS_TOPIC, DLQ_TOPIC, INPUT_TOPIC
+from sensorstream.runtime.topics import TopicsSettings
+from sensorstream.schema import TOPOLOGY
 
 SETTINGS: dict[str, type[BaseSettings]] = {
     "producer": ProducerSettings,
     "processor": ProcessorSettings,
+    "init-topics": TopicsSettings,
 }
 HARDENED = ("producer", "processor", "prometheus", "grafana", "init-topics")
 
@@ -88,7 +90,8 @@ class TestSettings:
 
     def test_dockerfile_env_is_settings(self) -> None:
         """The SENSORSTREAM_* defaults baked into the images are real settings too."""
-        for name, cls in SETTINGS.items():
+        for name in ("producer", "processor"):
+            cls = SETTINGS[name]
             dockerfile = (REPO / "services" / name / "Dockerfile").read_text()
             baked = set(re.findall(r"\b(SENSORSTREAM_[A-Z_]+)=", dockerfile))
             fields = {f"SENSORSTREAM_{field.upper()}" for field in cls.model_fields}
@@ -172,13 +175,25 @@ class TestKafka:
         )
         assert ("broker,controller", "1", "1", True, True, "kafka-data") == actual
 
-    def test_init_creates_every_topic(self) -> None:
-        """The one-shot init creates the four topics the services use."""
-        script = (REPO / "deploy" / "compose" / "create-topics.sh").read_text()
-        topics = re.search(r"for topic in ([^;]+);", script)
-        assert topics is not None
-        expected = [INPUT_TOPIC, AGGREGATES_TOPIC, ALERTS_TOPIC, DLQ_TOPIC]
-        assert expected == topics.group(1).split()
+    def test_init_creates_the_declared_topology(self, resolved: dict[str, Any]) -> None:
+        """The one-shot init runs sensorstream-topics, which creates and checks the topics of
+        the one declaration, with the partitions every other service is told."""
+        init = resolved["services"]["init-topics"]
+        settings = TopicsSettings.model_validate(
+            {
+                key.removeprefix("SENSORSTREAM_").lower(): value
+                for key, value in _environment(init).items()
+                if key.startswith("SENSORSTREAM_")
+            }
+        )
+        partitions = {
+            _environment(resolved["services"]["producer"])["SENSORSTREAM_PARTITIONS"],
+            _environment(resolved["services"]["processor"])["SENSORSTREAM_OUTPUT_PARTITIONS"],
+            str(settings.partitions),
+        }
+        assert ["/app/.venv/bin/sensorstream-topics"] == init["entrypoint"]
+        assert [spec.name for spec in TOPOLOGY] == [spec.name for spec in settings.topology()]
+        assert 1 == len(partitions)
 
     def test_services_wait_for_topics(self, resolved: dict[str, Any]) -> None:
         """Producer and processor start after init-topics completed."""

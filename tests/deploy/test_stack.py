@@ -261,6 +261,20 @@ class TestLocalStack:
         ]
         assert sorted((name, "ok") for name, _ in _alerts()) == sorted(rules)
 
+    def test_topics_are_created_as_declared(self, running_stack: dict[str, Any]) -> None:
+        """The stack's four topics have the declared layout and configs (the DLQ takes
+        4 MiB dead letters): sensorstream-topics --check finds nothing to change."""
+        bootstrap = running_stack["state"]["kafka"]["bootstrap"]
+        script = Path(sys.executable).parent / "sensorstream-topics"
+        result = subprocess.run(
+            [str(script), "--bootstrap-servers", bootstrap, "--check", "--log-level", "warning"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert (0, "") == (result.returncode, result.stderr), result.stdout
+
     def test_ctrl_c_stops_everything(self, running_stack: dict[str, Any]) -> None:
         """SIGINT (Ctrl-C) stops every process the stack started and exits 0."""
         process: subprocess.Popen[bytes] = running_stack["process"]
