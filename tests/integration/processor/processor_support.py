@@ -400,6 +400,16 @@ async def seq_ledger(
     return SeqLedger(dict(produced), dict(dead), deduplicated(aggregates), dict(order))
 
 
+async def settled_ledger(bootstrap: str, topics: Topics, *, within: float = 30.0) -> SeqLedger:
+    """The run's ledger once every reading is accounted for (or after ``within`` s)."""
+    deadline = time.monotonic() + within
+    while True:
+        ledger = await seq_ledger(bootstrap, topics)
+        if not ledger.problems() or time.monotonic() > deadline:
+            return ledger
+        await asyncio.sleep(1.0)
+
+
 class LiveFeed:
     """Readings for ``sensors`` sensors with per-sensor ``seq`` from 0 and event time = now.
 

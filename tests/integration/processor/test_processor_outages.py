@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,7 @@ from processor_support import (
     SeqLedger,
     Topics,
     free_port,
-    seq_ledger,
+    settled_ledger,
     start_processor,
     stop_all,
 )
@@ -90,15 +89,6 @@ def input_is_exact(ledger: SeqLedger, produced: int) -> dict[str, str]:
     return problems
 
 
-async def settled(bootstrap: str, topics: Topics, *, within: float = 60.0) -> SeqLedger:
-    deadline = time.monotonic() + within
-    while True:
-        ledger = await seq_ledger(bootstrap, topics)
-        if not ledger.problems() or time.monotonic() > deadline:
-            return ledger
-        await asyncio.sleep(1.0)
-
-
 def acked(log: Path) -> int:
     """The producer's final count of acknowledged readings, from its producer_stopped line."""
     import orjson
@@ -132,7 +122,7 @@ class TestBrokerOutage:
             await asyncio.sleep(10.0)  # the producer catches up, the processor resumes
             producer.send_signal(signal.SIGTERM)
             assert 0 == await wait_exit(producer, 90)
-            ledger = await settled(bootstrap, topics)
+            ledger = await settled_ledger(bootstrap, topics, within=60)
             assert {} == input_is_exact(ledger, acked(tmp_path / "producer.log"))
             assert {} == ledger.problems()
             assert {} == ledger.dead_lettered
@@ -173,7 +163,7 @@ class TestLeaderFailover:
                 await asyncio.sleep(3.0)
             producer.send_signal(signal.SIGTERM)
             assert 0 == await wait_exit(producer, 90)
-            ledger = await settled(bootstrap, topics)
+            ledger = await settled_ledger(bootstrap, topics, within=60)
             assert {} == input_is_exact(ledger, acked(tmp_path / "producer.log"))
             assert {} == ledger.problems()
             assert {} == ledger.dead_lettered

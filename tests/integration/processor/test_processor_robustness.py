@@ -19,10 +19,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 from processor_support import (
     LiveFeed,
-    SeqLedger,
     Topics,
     make_input,
-    seq_ledger,
+    settled_ledger,
     start_processor,
     stop_all,
 )
@@ -31,16 +30,6 @@ from kafka_helpers import consume_all, create_topic
 from sensorstream.schema import DeadLetterHeaders
 
 FAR_FUTURE_MS = 4_070_908_800_000  # 2099-01-01, inside the schema's event-time range
-
-
-async def settled_ledger(bootstrap: str, topics: Topics, *, within: float = 30.0) -> SeqLedger:
-    """The run's ledger once every reading is accounted for (or after ``within`` s)."""
-    deadline = time.monotonic() + within
-    while True:
-        ledger = await seq_ledger(bootstrap, topics)
-        if not ledger.problems() or time.monotonic() > deadline:
-            return ledger
-        await asyncio.sleep(1.0)
 
 
 class TestEventTimeSanity:

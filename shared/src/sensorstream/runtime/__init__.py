@@ -31,7 +31,7 @@ from .settings import (
     load_settings,
     parse_bootstrap_servers,
 )
-from .topics import TopicState, ensure_topics
+from .topics import TopicState, ensure_topics, named_topology
 
 __all__ = [
     "ENV_PREFIX",
@@ -61,6 +61,7 @@ __all__ = [
     "instrument_retries",
     "kafka_errors",
     "load_settings",
+    "named_topology",
     "parse_bootstrap_servers",
     "redact_secrets",
     "retry",

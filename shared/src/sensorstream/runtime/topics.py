@@ -42,7 +42,7 @@ from .errors import kafka_errors
 from .retry import RetryPolicy, retry
 from .settings import ServiceSettings
 
-__all__ = ["TopicState", "TopicsSettings", "ensure_topics", "main"]
+__all__ = ["TopicState", "TopicsSettings", "ensure_topics", "main", "named_topology"]
 
 log = structlog.get_logger("sensorstream.topics")
 
@@ -331,16 +331,24 @@ class TopicsSettings(ServiceSettings):
     )
 
     def topology(self) -> Topology:
-        return TOPOLOGY.configured(
-            partitions=self.partitions,
-            replication_factor=self.replication_factor,
-            names={
-                "input": self.topic,
-                "aggregates": self.aggregates_topic,
-                "alerts": self.alerts_topic,
-                "dlq": self.dlq_topic,
-            },
+        return named_topology(
+            self, partitions=self.partitions, replication_factor=self.replication_factor
         )
+
+
+def named_topology(settings: Any, *, partitions: int, replication_factor: int) -> Topology:
+    """The declared topology under a command's topic names (its ``topic``,
+    ``aggregates_topic``, ``alerts_topic`` and ``dlq_topic`` settings) and layout."""
+    return TOPOLOGY.configured(
+        partitions=partitions,
+        replication_factor=replication_factor,
+        names={
+            "input": settings.topic,
+            "aggregates": settings.aggregates_topic,
+            "alerts": settings.alerts_topic,
+            "dlq": settings.dlq_topic,
+        },
+    )
 
 
 async def _run(settings: TopicsSettings, stop: Any) -> int:

@@ -43,10 +43,11 @@ from sensorstream.runtime import (
     ensure_topics,
     instrument_retries,
     kafka_errors,
+    named_topology,
     retry,
     startup_policy,
 )
-from sensorstream.schema import TOPOLOGY, Topology
+from sensorstream.schema import Topology
 
 from ._alerts import AlertThresholds
 from ._dead_letters import DeadLetterWriter
@@ -88,15 +89,10 @@ def version() -> str:
 
 def topology(settings: ProcessorSettings) -> Topology:
     """The declared topology with this deployment's names and output layout."""
-    return TOPOLOGY.configured(
+    return named_topology(
+        settings,
         partitions=settings.output_partitions,
         replication_factor=settings.replication_factor,
-        names={
-            "input": settings.topic,
-            "aggregates": settings.aggregates_topic,
-            "alerts": settings.alerts_topic,
-            "dlq": settings.dlq_topic,
-        },
     )
 
 
