@@ -47,6 +47,9 @@ __all__ = ["Fetcher", "PartitionFeed"]
 log = structlog.get_logger("sensorstream.processor")
 
 _POLL_TIMEOUT_MS = 100
+_OBSERVE_EVERY = 0.1
+"""Seconds between two looks at what the broker said: quiet time to a tenth of a second
+is plenty, and looking after every fetch costs CPU at low rates."""
 
 
 class PartitionFeed:
@@ -240,6 +243,7 @@ class Fetcher:
         # well below any sensible idle timeout: a stall is noticed before it can count.
         self._stale_after = max(1.0, 2 * fetch_max_wait)
         self.feeds: dict[TopicPartition, PartitionFeed] = {}
+        self._observed_at = 0.0
 
     # -- feeds --------------------------------------------------------------------------
     def open_feed(self, tp: TopicPartition) -> PartitionFeed:
@@ -289,7 +293,10 @@ class Fetcher:
                     consumer.pause(tp)
                     feed.paused = True
                     self._metrics.paused_partitions.set(self.paused)
-            await self._observe()
+            now = time.monotonic()
+            if now - self._observed_at >= _OBSERVE_EVERY:
+                self._observed_at = now
+                await self._observe()
             check()
 
     async def _getmany(self) -> dict[TopicPartition, list[Any]]:
@@ -312,10 +319,14 @@ class Fetcher:
             end = consumer.last_stable_offset(tp) if self._read_committed else None
             if end is None:
                 end = consumer.highwater(tp)
+            position = feed.fed_until
+            if end is not None and (position is None or position < end):
+                # Behind, or past control records the fetch skipped: ask the consumer.
+                position = await consumer.position(tp)
             feed.observe(
                 responded_at=polled_ms / 1000,
                 end_offset=end,
-                position=await consumer.position(tp),
+                position=-1 if position is None else position,
             )
         now = time.time()
         feeds = list(self.feeds.values())
