@@ -3,8 +3,9 @@
     uv run python docs/settings.py          # rewrite docs/settings.md
     uv run python docs/settings.py --check  # exit 1 if it is out of date (a test checks it)
 
-Every field of ``ProducerSettings``, ``ProcessorSettings`` and ``TopicsSettings`` becomes a
-row: flag, environment variable, default, description (the same text ``--help`` shows).
+Every field of ``ProducerSettings``, ``ProcessorSettings``, ``TopicsSettings`` and
+``AuditSettings`` becomes a row: flag, environment variable, default, description (the
+same text ``--help`` shows).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
+from sensorstream.audit.settings import AuditSettings
 from sensorstream.processor.settings import ProcessorSettings
 from sensorstream.producer.settings import ProducerSettings
 from sensorstream.runtime import ENV_PREFIX, ServiceSettings
@@ -97,11 +99,18 @@ def render() -> str:
             TopicsSettings,
             "Create, check and fix the declared topics ([operations.md](operations.md#topics)).",
         ),
+        (
+            "sensorstream-audit",
+            AuditSettings,
+            "Which pipeline to audit, over what range, and how to report ([audit.md](audit.md)).",
+        ),
     ):
         own = [
             name
             for name in cls.model_fields
-            if name not in COMMON or (name == "metrics_port" and cls is not TopicsSettings)
+            if name not in COMMON
+            or (name in ("metrics_port", "log_level") and cls is AuditSettings)
+            or (name == "metrics_port" and cls is not TopicsSettings)
         ]
         sections.append(f"## {title}\n\n{about}\n\n" + table(cls, names=own))
     return "\n\n".join(sections) + "\n"

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
+from sensorstream.audit._metrics import AuditMetrics  # noqa: E402
 from sensorstream.processor._metrics import ProcessorMetrics  # noqa: E402
 from sensorstream.producer._metrics import ProducerMetrics  # noqa: E402
 
@@ -50,7 +51,11 @@ def _exported(registry: CollectorRegistry) -> set[str]:
 class TestMetricNames:
     @pytest.mark.parametrize(
         ("page", "metrics"),
-        [("processor.md", ProcessorMetrics), ("producer.md", ProducerMetrics)],
+        [
+            ("processor.md", ProcessorMetrics),
+            ("producer.md", ProducerMetrics),
+            ("audit.md", AuditMetrics),
+        ],
     )
     def test_every_metric_is_documented(self, page: str, metrics: type) -> None:
         """Each metric a service exports has a row in its page."""
