@@ -24,6 +24,7 @@ from sensorstream.producer._pacing import (
     PoissonProfile,
     SineProfile,
 )
+from sensorstream.producer._resume import ResumedSeqs
 from sensorstream.producer._sender import DeliveryFailedError
 from sensorstream.producer._service import ProducerService, build_profile
 from sensorstream.producer.settings import ProducerSettings
@@ -41,8 +42,23 @@ def restored_retry_hooks() -> Iterator[None]:
 
 
 @pytest.fixture
-def broker(monkeypatch: pytest.MonkeyPatch) -> AckingProducer:
-    """The service's Kafka, faked: the topic is 'prepared' and this producer 'started'."""
+def stored(monkeypatch: pytest.MonkeyPatch) -> dict[int, int]:
+    """The topic's highest seq per sensor number, as the faked start-up read finds it."""
+    highest: dict[int, int] = {}
+
+    async def resume_seqs(
+        settings: ProducerSettings, keys: list[bytes], partitions: int, **_: Any
+    ) -> ResumedSeqs:
+        return ResumedSeqs(next_seqs=[highest.get(i, -1) + 1 for i in range(len(keys))])
+
+    monkeypatch.setattr(service_module, "resume_seqs", resume_seqs)
+    return highest
+
+
+@pytest.fixture
+def broker(monkeypatch: pytest.MonkeyPatch, stored: dict[int, int]) -> AckingProducer:
+    """The service's Kafka, faked: the topic is 'prepared' (empty, unless ``stored`` says
+    otherwise) and this producer 'started'."""
     fake = AckingProducer(capacity=50)
 
     async def prepare_topic(self: ProducerService) -> int:
@@ -156,6 +172,72 @@ class TestStartProducer:
             producer = await service._start_producer()
         assert isinstance(producer, Late)
         assert ["retry_scheduled", "producer_started"] == [log["event"] for log in logs]
+
+
+def _sent_seqs(broker: AckingProducer) -> dict[str, list[int]]:
+    seqs: dict[str, list[int]] = defaultdict(list)
+    for batch in broker.offered:
+        for _, value, _ in batch.records:
+            reading = orjson.loads(value)
+            seqs[reading["sensor_id"]].append(reading["seq"])
+    return seqs
+
+
+class TestResumeSeq:
+    async def test_each_sensor_continues_after_its_highest_stored_seq(
+        self, broker: AckingProducer, stored: dict[int, int]
+    ) -> None:
+        """Seqs in the topic: each sensor's first reading is its highest + 1; seqs_resumed."""
+        stored.update({0: 41, 3: 0, 11: 7})
+        service = _service("--rate", "2000", "--count", str(SENSORS * 2))
+        with capture_logs() as logs:
+            assert 0 == await asyncio.wait_for(service.run(), 10)
+        firsts = {sensor: seqs[:2] for sensor, seqs in _sent_seqs(broker).items()}
+        assert [42, 43] == firsts["sensor-0000"]
+        assert ([1, 2], [8, 9], [0, 1]) == (
+            firsts["sensor-0003"],
+            firsts["sensor-0011"],
+            firsts["sensor-0005"],
+        )
+        [resumed] = [log for log in logs if log["event"] == "seqs_resumed"]
+        assert (3, SENSORS, 41) == (
+            resumed["sensors"],
+            resumed["of_sensors"],
+            resumed["highest_seq"],
+        )
+        assert resumed["seconds"] >= 0
+
+    async def test_a_topic_this_run_created_is_not_read(
+        self, broker: AckingProducer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Just created: nothing can be stored, so the start-up read is skipped."""
+
+        async def prepare_topic(self: ProducerService) -> int:
+            self._topic_created = True
+            return 6
+
+        async def resume_seqs(*args: Any, **kwargs: Any) -> ResumedSeqs:
+            raise AssertionError("a topic created by this run was read")
+
+        monkeypatch.setattr(ProducerService, "_prepare_topic", prepare_topic)
+        monkeypatch.setattr(service_module, "resume_seqs", resume_seqs)
+        service = _service("--rate", "2000", "--count", str(SENSORS))
+        with capture_logs() as logs:
+            assert 0 == await asyncio.wait_for(service.run(), 10)
+        [resumed] = [log for log in logs if log["event"] == "seqs_resumed"]
+        assert (0, None, 0) == (resumed["sensors"], resumed["highest_seq"], resumed["records_read"])
+        assert {sensor: [0] for sensor in service.fleet.sensor_ids} == _sent_seqs(broker)
+
+    async def test_off_starts_every_sensor_at_zero(
+        self, broker: AckingProducer, stored: dict[int, int]
+    ) -> None:
+        """--no-resume-seq: the topic is not read, every sensor starts at 0."""
+        stored.update({0: 41})
+        service = _service("--rate", "2000", "--count", str(SENSORS), "--no-resume-seq")
+        with capture_logs() as logs:
+            assert 0 == await asyncio.wait_for(service.run(), 10)
+        assert {sensor: [0] for sensor in service.fleet.sensor_ids} == _sent_seqs(broker)
+        assert [] == [log for log in logs if log["event"] == "seqs_resumed"]
 
 
 class TestShutdownReport:

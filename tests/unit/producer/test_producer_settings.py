@@ -93,6 +93,26 @@ class TestCombinations:
         assert "lz4" == _load("--compression", "lz4").kafka_compression()
 
 
+class TestResumeSeq:
+    def test_on_by_default(self) -> None:
+        """A restarted producer continues each sensor's seq unless told otherwise."""
+        assert True is _load().resume_seq
+
+    def test_flag_and_variable_turn_it_off(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """--no-resume-seq and SENSORSTREAM_RESUME_SEQ=false start every sensor at 0."""
+        assert False is _load("--no-resume-seq").resume_seq
+        monkeypatch.setenv("SENSORSTREAM_RESUME_SEQ", "false")
+        assert (False, True) == (_load().resume_seq, _load("--resume-seq").resume_seq)
+
+    def test_bad_variable_exits_2(self) -> None:
+        """A value that is not a boolean exits 2 with one line naming the variable."""
+        result = _run_cli(env={"SENSORSTREAM_RESUME_SEQ": "maybe"})
+        assert 2 == result.returncode
+        lines = result.stderr.strip().splitlines()
+        assert 1 == len(lines), result.stderr
+        assert "--resume-seq / SENSORSTREAM_RESUME_SEQ" in lines[0]
+
+
 class TestCommandLine:
     @pytest.mark.parametrize(
         ("argv", "named"),

@@ -78,6 +78,45 @@ class TestSensorFleetSequences:
         assert {T0 + 5} == {r.event_time for r in _decoded(SensorFleet(3, seed=1), 9, T0 + 5)}
 
 
+class TestSensorFleetResume:
+    def test_each_sensor_continues_at_its_next_seq(self) -> None:
+        """After resume, each sensor's seqs run on from its own next seq, without gaps."""
+        fleet = SensorFleet(3, seed=3)
+        fleet.resume([5, 0, 9])
+        by_sensor: dict[str, list[int]] = defaultdict(list)
+        for reading in _decoded(fleet, 9):
+            assert reading.seq is not None
+            by_sensor[reading.sensor_id].append(reading.seq)
+        assert {"sensor-0000": [5, 6, 7], "sensor-0001": [0, 1, 2], "sensor-0002": [9, 10, 11]} == (
+            by_sensor
+        )
+        assert [8, 3, 12] == [fleet.next_seq(i) for i in range(3)]
+
+    def test_a_seeded_fleet_does_not_repeat_the_ids_it_continues(self) -> None:
+        """Same seed, resumed: other event ids than the first run's, the same on every resume."""
+        first_run = SensorFleet(4, seed=11).generate(8, T0)
+        resumed = SensorFleet(4, seed=11)
+        resumed.resume([2, 2, 2, 2])
+        again = SensorFleet(4, seed=11)
+        again.resume([2, 2, 2, 2])
+        ids = [orjson.loads(value)["event_id"] for _, value in first_run]
+        resumed_batch = resumed.generate(8, T0)
+        resumed_ids = [orjson.loads(value)["event_id"] for _, value in resumed_batch]
+        assert set() == set(ids) & set(resumed_ids)
+        assert resumed_batch == again.generate(8, T0)
+
+    @pytest.mark.parametrize("next_seqs", [[1, 2], [1, 2, 3, 4], [0, -1, 0]])
+    def test_bad_next_seqs(self, next_seqs: list[int]) -> None:
+        """One next seq per sensor, none negative."""
+        with pytest.raises(ValueError, match="next seqs"):
+            SensorFleet(3).resume(next_seqs)
+
+    def test_keys_are_the_encoded_sensor_ids(self) -> None:
+        """``keys`` are the record keys the readings carry, index = sensor number."""
+        fleet = SensorFleet(3, seed=1)
+        assert [key for key, _ in fleet.generate(3, T0)] == fleet.keys
+
+
 class TestSensorFleetSignal:
     def test_values_within_contract_ranges(self) -> None:
         """Even with many anomalies every reading decodes (values in range)."""

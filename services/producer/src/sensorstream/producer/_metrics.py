@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["METRIC_NAMES", "RETRY_ENQUEUE_BATCH", "RETRY_START_PRODUCER", "ProducerMetrics"]
+__all__ = [
+    "METRIC_NAMES",
+    "RETRY_ENQUEUE_BATCH",
+    "RETRY_RESUME_SEQS",
+    "RETRY_START_PRODUCER",
+    "ProducerMetrics",
+]
 
 _PREFIX = "sensorstream_producer_"
 
@@ -40,9 +46,11 @@ RETRY_START_PRODUCER = "start producer"
 """``retries_total{operation}`` of starting the Kafka producer."""
 RETRY_ENQUEUE_BATCH = "enqueue batch"
 """``retries_total{operation}`` of handing a batch to the Kafka client (broker away)."""
+RETRY_RESUME_SEQS = "resume seqs"
+"""``retries_total{operation}`` of reading the topic at start-up to resume the seqs."""
 # The producer's own retried operations, exported at 0 from the start; the shared
 # start-up steps ("connect", "create topics", ...) appear when they first retry.
-_RETRY_OPERATIONS = (RETRY_START_PRODUCER, RETRY_ENQUEUE_BATCH)
+_RETRY_OPERATIONS = (RETRY_START_PRODUCER, RETRY_RESUME_SEQS, RETRY_ENQUEUE_BATCH)
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 

@@ -1,7 +1,8 @@
 """The producer service: settings in, a paced stream of sensor readings out, exit code back.
 
-Start-up: logging, the observability server, the topic (created if missing), the Kafka
-producer (retried for ``startup_timeout``). Then one loop on one task: every tick it
+Start-up: logging, the observability server, the topic (created if missing), each
+sensor's next ``seq`` read from the topic (``--resume-seq``, ``_resume.py``), the Kafka
+producer (each retried for ``startup_timeout``). Then one loop on one task: every tick it
 asks the pacer how many events are due, generates and encodes them in one call, and
 hands them to the sender in per-partition batches; there is never an await per event.
 A reporter task updates the rate gauges every second and logs a summary line every
@@ -60,6 +61,7 @@ from ._pacing import (
     SineProfile,
     TickGrid,
 )
+from ._resume import ResumedSeqs, resume_seqs
 from ._sender import BatchSender, lane_capacity
 from ._simulation import SensorFleet
 from ._unacknowledged import UnacknowledgedReadings
@@ -133,6 +135,7 @@ class ProducerService:
         self.sender: BatchSender | None = None
         self.server: ObservabilityServer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._topic_created = False
         self._stopping = False
         self._failures_logged = 0
 
@@ -175,6 +178,8 @@ class ProducerService:
         self._started_at = time.monotonic()
         try:
             partitions = await self._prepare_topic()
+            if settings.resume_seq:
+                await self._resume_seqs(partitions)
             if self.stop.is_set():
                 return EXIT_OK
             self._producer = await self._start_producer()
@@ -211,7 +216,33 @@ class ProducerService:
             )
         finally:
             await admin.close()
+        self._topic_created = state.created
         return state.partitions
+
+    async def _resume_seqs(self, partitions: int) -> None:
+        """Continue each sensor's seq after the highest one in the topic (``_resume.py``).
+
+        A topic this run has just created is not read: nothing can be in it.
+        """
+        started = time.monotonic()
+        fleet = self.fleet
+        if self._topic_created:
+            resumed = ResumedSeqs(next_seqs=[0] * fleet.sensors)
+        else:
+            resumed = await resume_seqs(self.settings, fleet.keys, partitions, stop=self.stop)
+        if not resumed.complete:
+            return  # stopping: nothing will be generated
+        if resumed.sensors_resumed:
+            fleet.resume(resumed.next_seqs)
+        log.info(
+            "seqs_resumed",
+            sensors=resumed.sensors_resumed,
+            of_sensors=fleet.sensors,
+            highest_seq=resumed.highest_seq,
+            records_read=resumed.records_read,
+            undecodable=resumed.undecodable,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     async def _start_producer(self) -> AIOKafkaProducer:
         """Start the Kafka producer, retrying an unreachable broker for ``startup_timeout``."""

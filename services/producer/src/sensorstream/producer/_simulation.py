@@ -6,7 +6,8 @@ little measurement noise. With ``anomaly_probability`` a reading is a spike far
 outside the normal band, which the processor's alert thresholds catch.
 
 Sensors report round-robin, so at any rate each sensor gets its fair share and its
-``seq`` runs 0, 1, 2, ... without gaps. Everything random comes from two generators
+``seq`` runs 0, 1, 2, ... without gaps, from where :meth:`SensorFleet.resume` puts it
+after a restart (0 by default). Everything random comes from two generators
 seeded from ``seed``, one for the signal and one for the event ids: the same seed
 gives the same fleet, the same readings and the same event ids, however the readings
 are split into batches, apart from ``event_time``, which is the wall clock passed in.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import binascii
 import math
 import random
+from collections.abc import Sequence
 
 from sensorstream.schema import HUMIDITY_RANGE, SCHEMA_VERSION, TEMPERATURE_RANGE
 
@@ -100,6 +102,7 @@ class SensorFleet:
         "_hum_base",
         "_hum_walk",
         "_id_rng",
+        "_id_seed",
         "_ids",
         "_keys",
         "_phase",
@@ -122,7 +125,8 @@ class SensorFleet:
         self._rng = rng
         # Ids from a generator of their own: drawn per batch, they would otherwise
         # interleave differently with the signal's draws for different batch sizes.
-        self._id_rng = random.Random(rng.getrandbits(64))
+        self._id_seed = rng.getrandbits(64)
+        self._id_rng = random.Random(self._id_seed)
         self.sensors = sensors
         self._anomaly_probability = anomaly_probability
         self._ids = sensor_ids(sensors)
@@ -142,9 +146,29 @@ class SensorFleet:
         """The fleet's sensor ids, index = sensor number."""
         return list(self._ids)
 
+    @property
+    def keys(self) -> list[bytes]:
+        """The fleet's record keys (the sensor ids as UTF-8), index = sensor number."""
+        return list(self._keys)
+
     def next_seq(self, sensor: int) -> int:
         """The ``seq`` the sensor's next reading will carry (= readings generated so far)."""
         return self._seq[sensor]
+
+    def resume(self, next_seqs: Sequence[int]) -> None:
+        """Continue each sensor's ``seq`` at ``next_seqs[sensor]`` (after a restart).
+
+        Call it before the first :meth:`generate`. The event ids are then drawn from the
+        seed and the number of readings resumed, so a seeded fleet that resumes does not
+        repeat the ids of the run it continues (a run that wrote nothing resumes the same
+        count and repeats ids that never reached the topic).
+        """
+        if len(next_seqs) != self.sensors:
+            raise ValueError(f"need {self.sensors} next seqs, got {len(next_seqs)}")
+        if any(seq < 0 for seq in next_seqs):
+            raise ValueError("next seqs must be >= 0")
+        self._seq = list(next_seqs)
+        self._id_rng = random.Random(self._id_seed ^ sum(self._seq))
 
     def generate(self, count: int, event_time: int) -> list[EncodedReading]:
         """The next ``count`` readings, round-robin over the sensors, all at ``event_time`` (ms)."""

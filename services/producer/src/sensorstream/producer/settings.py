@@ -1,8 +1,10 @@
 """The producer's settings: one pydantic-settings model, every field a flag and a variable.
 
 ``--rate`` takes events per second (0.1 and up) or ``max``; ``--rate-profile`` shapes
-it over time. Cross-field rules (burst shorter than its period, idempotence needs
-``acks=all``) are checked here so a bad combination exits 2 before anything starts.
+it over time; ``--resume-seq`` (on by default) continues each sensor's ``seq`` from the
+topic after a restart (``_resume.py``). Cross-field rules (burst shorter than its
+period, idempotence needs ``acks=all``) are checked here so a bad combination exits 2
+before anything starts.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ class ProducerSettings(ServiceSettings):
     )
     burst_duration: float = Field(
         5.0, gt=0, description="burst profile: seconds each burst lasts (< --burst-every)."
+    )
+    resume_seq: bool = Field(
+        True,
+        description="At start-up, continue each sensor's seq after the highest one already "
+        "in --topic (--no-resume-seq: every sensor starts at 0).",
     )
     count: int | None = Field(None, ge=1, description="Stop after this many events.")
     duration: float | None = Field(None, gt=0, description="Stop after this many seconds.")
