@@ -2,12 +2,13 @@
 
 Starts, in order: a real local Kafka (``deploy/kafka/kafkactl``, fresh data each run),
 the pipeline's topics, Prometheus (Debian's package; the stack runs without it if it
-cannot be installed) scraping every service and loading our alert rules, the producer
-and N processors, each on its own metrics port. Then it shows a live terminal view (rich)
-built from the services' ``/metrics``, or with ``--no-ui`` one summary line every few
-seconds. Ctrl-C (or SIGTERM, or ``--duration``) stops everything: the services and
-Prometheus each lead their own process group and get SIGTERM, then SIGKILL after a grace
-period; Kafka is stopped through kafkactl. A second Ctrl-C skips the grace period.
+cannot be installed) scraping every service and loading our alert rules, the producer,
+N processors and one ``sensorstream-audit --follow``, each on its own metrics port. Then
+it shows a live terminal view (rich) built from the services' ``/metrics``, or with
+``--no-ui`` one summary line every few seconds. Ctrl-C (or SIGTERM, or ``--duration``)
+stops everything: the services and Prometheus each lead their own process group and get
+SIGTERM, then SIGKILL after a grace period; Kafka is stopped through kafkactl. A second
+Ctrl-C skips the grace period.
 
 The stack records what it started in ``<state-dir>/state.json`` (ports, pids, URLs; the
 integration test reads it). ``stack.py stop`` stops a stack whose terminal went away,
@@ -52,6 +53,7 @@ STOP_GRACE = 20.0  # services flush and commit within their shutdown_timeout (15
 READY_TIMEOUT = 60.0
 PRODUCER_JOB = "sensorstream-producer"
 PROCESSOR_JOB = "sensorstream-processor"
+AUDIT_JOB = "sensorstream-audit"
 
 
 class StackError(Exception):
@@ -121,7 +123,7 @@ class Child:
     """A process we started, leading its own process group."""
 
     name: str
-    role: str  # producer | processor | prometheus
+    role: str  # producer | processor | audit | prometheus
     process: subprocess.Popen[bytes]
     log: Path
     port: int
@@ -249,15 +251,21 @@ async def _create_topics(bootstrap: str, partitions: int) -> None:
 
 
 def prometheus_config(
-    *, producers: Sequence[str], processors: Sequence[str], rules: Path, interval: str = "2s"
+    *,
+    producers: Sequence[str],
+    processors: Sequence[str],
+    audits: Sequence[str],
+    rules: Path,
+    interval: str = "2s",
 ) -> str:
     """Prometheus config (JSON is YAML) scraping the local services under the compose job names."""
+    jobs = [(PRODUCER_JOB, producers), (PROCESSOR_JOB, processors), (AUDIT_JOB, audits)]
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(rules)],
         "scrape_configs": [
-            {"job_name": PRODUCER_JOB, "static_configs": [{"targets": list(producers)}]},
-            {"job_name": PROCESSOR_JOB, "static_configs": [{"targets": list(processors)}]},
+            {"job_name": job, "static_configs": [{"targets": list(targets)}]}
+            for job, targets in jobs
         ],
     }
     return json.dumps(config, indent=2) + "\n"
@@ -306,7 +314,7 @@ class Sampler:
     """Scrapes every service once per tick and keeps the previous scrape for rates."""
 
     def __init__(self, children: Sequence[Child]) -> None:
-        self.children = [c for c in children if c.role in ("producer", "processor")]
+        self.children = [c for c in children if c.role in ("producer", "processor", "audit")]
         self.now: dict[str, Reading] = {}
         self.before: dict[str, Reading] = {}
 
@@ -370,6 +378,11 @@ def prometheus_alerts(url: str | None) -> list[dict[str, Any]] | None:
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _fmt_problem(value: float | None) -> str:
+    """A count that should be 0: red when it is not."""
+    return f"[red]{_fmt(value, 0)}[/red]" if value else _fmt(value, 0)
 
 
 def render(stack: Stack, sampler: Sampler, started: float) -> Any:
@@ -512,7 +525,43 @@ def render(stack: Stack, sampler: Sampler, started: float) -> Any:
     bottom.add_column()
     bottom.add_column()
     bottom.add_row(lag_table, outcome_table, alert_table)
-    return Group(header, producers, processors, bottom)
+    return Group(header, producers, processors, audit_table(stack, sampler), bottom)
+
+
+def audit_table(stack: Stack, sampler: Sampler) -> Any:
+    """The audit's accounting: every reading in exactly one aggregate or in the DLQ."""
+    from rich.table import Table
+
+    table = Table(title="Audit (sensorstream-audit --follow)", expand=True)
+    for column in (
+        "instance",
+        "produced",
+        "aggregated",
+        "dead-lettered",
+        "missing",
+        "counted twice",
+        "conflicting windows",
+        "partial windows",
+        "sensors with problems",
+        "last pass",
+    ):
+        table.add_column(column, justify="right" if column != "instance" else "left")
+    readings, windows = "sensorstream_audit_readings", "sensorstream_audit_windows"
+    for child in stack.services("audit"):
+        last = sampler.value(child, "sensorstream_audit_last_pass_timestamp_seconds")
+        table.add_row(
+            f"{child.name} :{child.port}",
+            _fmt(sampler.value(child, readings, state="produced"), 0),
+            _fmt(sampler.value(child, readings, state="aggregated"), 0),
+            _fmt(sampler.value(child, readings, state="dead_lettered"), 0),
+            _fmt_problem(sampler.value(child, readings, state="missing")),
+            _fmt_problem(sampler.value(child, readings, state="duplicated")),
+            _fmt_problem(sampler.value(child, windows, kind="conflicting")),
+            _fmt(sampler.value(child, windows, kind="partial"), 0),
+            _fmt(sampler.value(child, "sensorstream_audit_sensors_with_problems"), 0),
+            "-" if not last else f"{max(time.time() - last, 0.0):,.0f} s ago",
+        )
+    return table
 
 
 def summary_line(stack: Stack, sampler: Sampler, started: float) -> str:
@@ -528,10 +577,18 @@ def summary_line(stack: Stack, sampler: Sampler, started: float) -> str:
         sampler.value(c, "sensorstream_processor_consumer_lag_events") or 0.0
         for c in stack.services("processor")
     )
+    readings = "sensorstream_audit_readings"
+    missing = sum(
+        sampler.value(c, readings, state="missing") or 0.0 for c in stack.services("audit")
+    )
+    twice = sum(
+        sampler.value(c, readings, state="duplicated") or 0.0 for c in stack.services("audit")
+    )
     firing = prometheus_alerts(stack.prometheus_url)
     return (
         f"stack: t={time.monotonic() - started:,.0f}s produced {produced:,.1f} ev/s, "
         f"processed {processed:,.1f} ev/s, lag {lag:,.0f} events, "
+        f"audit missing {missing:,.0f} / counted twice {twice:,.0f}, "
         f"alerts {'n/a' if firing is None else len(firing)}"
     )
 
@@ -603,12 +660,13 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
         "SENSORSTREAM_METRICS_HOST": HOST,
         "SENSORSTREAM_LOG_FORMAT": "json",
     }
-    producer_port = kafkactl.free_port()
-    processor_ports: list[int] = []
-    while len(processor_ports) < args.processors:
+    # Producer, processors, audit: distinct free ports (the kernel may hand one out twice).
+    ports: list[int] = []
+    while len(ports) < args.processors + 2:
         candidate = kafkactl.free_port()
-        if candidate != producer_port and candidate not in processor_ports:
-            processor_ports.append(candidate)
+        if candidate not in ports:
+            ports.append(candidate)
+    producer_port, *processor_ports, audit_port = ports
 
     if prometheus is not None:
         prometheus_port = _free_port(args.prometheus_port)
@@ -617,6 +675,7 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
             prometheus_config(
                 producers=[f"{HOST}:{producer_port}"],
                 processors=[f"{HOST}:{p}" for p in processor_ports],
+                audits=[f"{HOST}:{audit_port}"],
                 rules=RULES_FILE,
             )
         )
@@ -669,9 +728,24 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
                 "SENSORSTREAM_OUTPUT_PARTITIONS": str(args.partitions),
             },
         )
+    # The audit reads the same topics from their beginning, joins no group and commits
+    # nothing: it never disturbs the processors. Logs at info: one line per pass.
+    _spawn(
+        stack,
+        name="audit",
+        role="audit",
+        port=audit_port,
+        argv=[*_venv_command("sensorstream-audit", "sensorstream.audit"), "--follow"],
+        env={
+            **base_env,
+            "SENSORSTREAM_METRICS_PORT": str(audit_port),
+            "SENSORSTREAM_INSTANCE_ID": "audit",
+            "SENSORSTREAM_LOG_LEVEL": "info",
+        },
+    )
     _write_state(stack, ready=False)
     _wait_http(producer, "/healthz")
-    for child in stack.services("processor"):
+    for child in stack.services("processor") + stack.services("audit"):
         _wait_http(child, "/healthz")
     _write_state(stack, ready=True)
 

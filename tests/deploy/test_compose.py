@@ -10,6 +10,7 @@ import yaml
 from deploy_helpers import REPO, run_tool
 from pydantic_settings import BaseSettings
 
+from sensorstream.audit.settings import AuditSettings
 from sensorstream.processor.settings import ProcessorSettings
 from sensorstream.producer.settings import ProducerSettings
 from sensorstream.runtime.topics import TopicsSettings
@@ -19,8 +20,9 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "producer": ProducerSettings,
     "processor": ProcessorSettings,
     "init-topics": TopicsSettings,
+    "audit": AuditSettings,
 }
-HARDENED = ("producer", "processor", "prometheus", "grafana", "init-topics")
+HARDENED = ("producer", "processor", "prometheus", "grafana", "init-topics", "audit")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,15 @@ class TestValidity:
 
     def test_services(self, resolved: dict[str, Any]) -> None:
         """The stack has the services the docs describe."""
-        expected = {"kafka", "init-topics", "producer", "processor", "prometheus", "grafana"}
+        expected = {
+            "kafka",
+            "init-topics",
+            "producer",
+            "processor",
+            "audit",
+            "prometheus",
+            "grafana",
+        }
         assert expected == set(resolved["services"])
 
 
@@ -89,10 +99,15 @@ class TestSettings:
         assert "kafka:9092" == settings.bootstrap_servers  # type: ignore[attr-defined]
 
     def test_dockerfile_env_is_settings(self) -> None:
-        """The SENSORSTREAM_* defaults baked into the images are real settings too."""
-        for name in ("producer", "processor"):
+        """The SENSORSTREAM_* defaults baked into the images are real settings too (the
+        processor image's also of the audit, which runs from it)."""
+        for name, image in (
+            ("producer", "producer"),
+            ("processor", "processor"),
+            ("audit", "processor"),
+        ):
             cls = SETTINGS[name]
-            dockerfile = (REPO / "services" / name / "Dockerfile").read_text()
+            dockerfile = (REPO / "services" / image / "Dockerfile").read_text()
             baked = set(re.findall(r"\b(SENSORSTREAM_[A-Z_]+)=", dockerfile))
             fields = {f"SENSORSTREAM_{field.upper()}" for field in cls.model_fields}
             assert set() == baked - fields, name
@@ -196,9 +211,49 @@ class TestKafka:
         assert 1 == len(partitions)
 
     def test_services_wait_for_topics(self, resolved: dict[str, Any]) -> None:
-        """Producer and processor start after init-topics completed."""
+        """Producer, processor and audit start after init-topics completed."""
         conditions = [
             resolved["services"][name]["depends_on"]["init-topics"]["condition"]
-            for name in ("producer", "processor")
+            for name in ("producer", "processor", "audit")
         ]
-        assert ["service_completed_successfully"] * 2 == conditions
+        assert ["service_completed_successfully"] * 3 == conditions
+
+
+class TestAudit:
+    def test_runs_the_audit_from_the_processor_image(self, resolved: dict[str, Any]) -> None:
+        """The audit service runs `sensorstream-audit --follow` from the processor image."""
+        audit = resolved["services"]["audit"]
+        processor = resolved["services"]["processor"]
+        actual = (audit["image"], audit["entrypoint"], audit["command"], audit["build"])
+        expected = (
+            processor["image"],
+            ["/app/.venv/bin/sensorstream-audit"],
+            ["--follow"],
+            processor["build"],
+        )
+        assert expected == actual
+
+    def test_prometheus_scrapes_the_port_it_listens_on(self, resolved: dict[str, Any]) -> None:
+        """The audit listens on all interfaces, on the port Prometheus' audit job scrapes (the
+        image's SENSORSTREAM_METRICS_PORT is the processor's, so compose must set it)."""
+        settings = AuditSettings.model_validate(
+            {
+                key.removeprefix("SENSORSTREAM_").lower(): value
+                for key, value in _environment(resolved["services"]["audit"]).items()
+                if key.startswith("SENSORSTREAM_")
+            }
+        )
+        prometheus = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+        job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "sensorstream-audit")
+        sd = job["dns_sd_configs"][0]
+        assert (["audit"], "0.0.0.0", sd["port"]) == (
+            sd["names"],
+            settings.metrics_host,
+            settings.metrics_port,
+        )
+
+    def test_audit_publishes_no_port_and_runs_once(self, resolved: dict[str, Any]) -> None:
+        """One audit, reached by Prometheus over the compose network only."""
+        audit = resolved["services"]["audit"]
+        replicas = audit.get("deploy", {}).get("replicas", 1)
+        assert (None, 1) == (audit.get("ports"), replicas)

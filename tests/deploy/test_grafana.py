@@ -10,12 +10,20 @@ from typing import Any
 import pytest
 import yaml
 from deploy_helpers import REPO
+from prometheus_client import CollectorRegistry
+
+from sensorstream.audit._metrics import AuditMetrics
 
 GRAFANA = REPO / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 METRIC = re.compile(r"\b((?:sensorstream|process)_[a-z_]+)")
 # Metric names the services promise (team brief); the dashboards may use nothing else.
-KNOWN_PREFIXES = ("sensorstream_producer_", "sensorstream_processor_", "process_")
+KNOWN_PREFIXES = (
+    "sensorstream_producer_",
+    "sensorstream_processor_",
+    "sensorstream_audit_",
+    "process_",
+)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -28,6 +36,25 @@ def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     for panel in dashboard["panels"]:
         panels.append(panel)
         panels.extend(panel.get("panels", []))
+    return panels
+
+
+def _audit_metric_names() -> set[str]:
+    """The metric families sensorstream-audit --follow exports (all gauges)."""
+    registry = CollectorRegistry()
+    AuditMetrics(registry)
+    return {family.name for family in registry.collect()}
+
+
+def _row(dashboard: dict[str, Any], title: str) -> list[dict[str, Any]]:
+    """The panels under the (expanded) row ``title``, up to the next row."""
+    panels: list[dict[str, Any]] = []
+    inside = False
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            inside = panel["title"] == title
+        elif inside:
+            panels.append(panel)
     return panels
 
 
@@ -92,9 +119,70 @@ class TestDashboards:
             "target vs achieved", "processed rate per replica", "lag per partition (events)",
             "lag per partition (seconds)", "end-to-end latency", "outcomes", "dead letters",
             "rebalances", "commit latency", "alerts emitted", "cpu per replica",
-            "memory per replica",
+            "memory per replica", "readings missing", "readings counted twice",
+            "readings by state", "windows by kind", "audit: dead letters by reason",
+            "last pass age",
         ]  # fmt: skip
         assert [] == [w for w in wanted if w not in titles]
+
+    @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+    def test_panels_do_not_overlap(self, path: Path) -> None:
+        """No two top-level panels share a grid cell, and none is wider than the grid."""
+        cells: dict[tuple[int, int], int] = {}
+        clashes = []
+        for panel in _load(path)["panels"]:
+            pos = panel["gridPos"]
+            if pos["x"] + pos["w"] > 24:
+                clashes.append((panel["id"], "too wide"))
+            for x in range(pos["x"], pos["x"] + pos["w"]):
+                for y in range(pos["y"], pos["y"] + pos["h"]):
+                    if (x, y) in cells:
+                        clashes.append((panel["id"], cells[(x, y)]))
+                    cells[(x, y)] = panel["id"]
+        assert [] == sorted(set(clashes))
+
+    @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+    def test_audit_metrics_are_the_audits(self, path: Path) -> None:
+        """Every sensorstream_audit_* a panel queries is a metric the audit exports."""
+        used = {
+            name
+            for panel in _panels(_load(path))
+            for target in panel.get("targets", [])
+            for name in METRIC.findall(target["expr"])
+            if name.startswith("sensorstream_audit_")
+        }
+        assert set() == used - _audit_metric_names()
+
+
+class TestAuditRow:
+    DASHBOARD = GRAFANA / "dashboards" / "sensorstream-overview.json"
+
+    def test_row_queries_the_audit(self) -> None:
+        """The Audit row's panels all read the audit's metrics, and it has them all but the
+        ones about its own passes and sensor count."""
+        panels = _row(_load(self.DASHBOARD), "Audit")
+        used = {
+            name
+            for panel in panels
+            for target in panel["targets"]
+            for name in METRIC.findall(target["expr"])
+        }
+        unshown = {
+            "sensorstream_audit_up",
+            "sensorstream_audit_sensors",
+            "sensorstream_audit_pass_duration_seconds",
+            "sensorstream_audit_pass_records",
+        }
+        assert (True, _audit_metric_names() - unshown) == (bool(panels), used)
+
+    @pytest.mark.parametrize("title", ["Readings missing", "Readings counted twice"])
+    def test_loss_and_double_counting_turn_red_above_zero(self, title: str) -> None:
+        """The two stats the audit exists for are green at 0 and red from 1 reading on."""
+        panel = next(p for p in _row(_load(self.DASHBOARD), "Audit") if p["title"] == title)
+        defaults = panel["fieldConfig"]["defaults"]
+        steps = [(step["color"], step["value"]) for step in defaults["thresholds"]["steps"]]
+        actual = (panel["type"], defaults["color"]["mode"], steps)
+        assert ("stat", "thresholds", [("green", None), ("red", 1)]) == actual
 
 
 class TestProvisioning:

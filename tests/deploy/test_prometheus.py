@@ -7,6 +7,8 @@ from typing import Any
 import yaml
 from deploy_helpers import REPO, run_tool
 
+from sensorstream.audit.settings import AuditSettings
+
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 RULES = PROMETHEUS_DIR / "sensorstream.rules.yml"
 EXPECTED_ALERTS = {
@@ -17,6 +19,9 @@ EXPECTED_ALERTS = {
     "SensorstreamProducerBehindSchedule",
     "SensorstreamNoEventsProcessed",
     "SensorstreamCommitFailures",
+    "SensorstreamReadingsMissing",
+    "SensorstreamReadingsCountedTwice",
+    "SensorstreamAuditDown",
 }
 
 
@@ -44,7 +49,8 @@ class TestPromtool:
 
 class TestRules:
     def test_the_alerts_the_issue_asks_for(self) -> None:
-        """Processor down, lag high and growing, DLQ rate, producer behind, idle, commits."""
+        """Processor down, lag high and growing, DLQ rate, producer behind, idle, commits,
+        and the audit's readings missing or counted twice."""
         assert EXPECTED_ALERTS == {rule["alert"] for rule in _rules()}
 
     def test_every_alert_has_a_unit_test(self) -> None:
@@ -57,6 +63,17 @@ class TestRules:
             if case["exp_alerts"]
         }
         assert EXPECTED_ALERTS == firing
+
+    def test_every_alert_has_a_quiet_case(self) -> None:
+        """Each alert is also shown not firing (pending, recovered, or healthy) in tests.yml."""
+        tests = yaml.safe_load((PROMETHEUS_DIR / "tests.yml").read_text())["tests"]
+        quiet = {
+            case["alertname"]
+            for test in tests
+            for case in test["alert_rule_test"]
+            if not case["exp_alerts"]
+        }
+        assert EXPECTED_ALERTS == quiet
 
     def test_every_alert_has_a_runbook(self) -> None:
         """Each alert links to a runbook section that exists in docs/operations.md."""
@@ -77,3 +94,14 @@ class TestRules:
             if rule["labels"].get("severity") not in ("warning", "critical") or not rule.get("for")
         ]
         assert [] == incomplete
+
+
+class TestScrapeConfig:
+    def test_compose_scrapes_the_audit_on_its_metrics_port(self) -> None:
+        """Job sensorstream-audit scrapes the compose service `audit` on the port the audit
+        listens on by default (its settings' metrics_port)."""
+        config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+        jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+        sd = jobs["sensorstream-audit"]["dns_sd_configs"][0]
+        default_port = AuditSettings.model_fields["metrics_port"].default
+        assert (["audit"], default_port) == (sd["names"], sd["port"])

@@ -1,8 +1,8 @@
 """deploy/local/stack.py (`make run`): config generation, metrics parsing, and the real stack.
 
 The integration class runs the whole local stack (real Kafka, producer, two processors,
-real Prometheus) for about 40 seconds, evaluates every Grafana panel query and every
-alert expression against that Prometheus, then stops it with SIGINT (Ctrl-C) and checks
+the audit, real Prometheus) for about 40 seconds, evaluates every Grafana panel query and
+every alert expression against that Prometheus, then stops it with SIGINT (Ctrl-C) and checks
 that nothing it started is left running.
 """
 
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -94,6 +95,7 @@ class TestPrometheusConfig:
             stack.prometheus_config(
                 producers=["127.0.0.1:8000"],
                 processors=["127.0.0.1:8001", "127.0.0.1:8002"],
+                audits=["127.0.0.1:8003"],
                 rules=RULES,
             )
         )
@@ -103,7 +105,9 @@ class TestPrometheusConfig:
     def test_jobs_match_the_compose_jobs(self) -> None:
         """Local jobs carry the compose job names, so the same rules and dashboards work."""
         config = yaml.safe_load(
-            stack.prometheus_config(producers=["a:1"], processors=["b:2", "c:3"], rules=RULES)
+            stack.prometheus_config(
+                producers=["a:1"], processors=["b:2", "c:3"], audits=["d:4"], rules=RULES
+            )
         )
         compose = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
         compose_jobs = {job["job_name"] for job in compose["scrape_configs"]} - {"prometheus"}
@@ -111,7 +115,11 @@ class TestPrometheusConfig:
             job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]
         }
         assert (
-            {"sensorstream-producer": ["a:1"], "sensorstream-processor": ["b:2", "c:3"]},
+            {
+                "sensorstream-producer": ["a:1"],
+                "sensorstream-processor": ["b:2", "c:3"],
+                "sensorstream-audit": ["d:4"],
+            },
             compose_jobs,
         ) == (
             local,
@@ -145,6 +153,62 @@ class TestParseMetrics:
             stack.total(samples, "x_total", p="1"),
             stack.by_label(samples, "x_total", "p"),
         )
+
+
+class _Running:
+    """Stands in for a child's Popen: a process that is still running."""
+
+    pid = 0
+    returncode = None
+
+    def poll(self) -> None:
+        return None
+
+
+AUDIT_METRICS = """\
+sensorstream_audit_readings{state="produced"} 1200.0
+sensorstream_audit_readings{state="aggregated"} 1150.0
+sensorstream_audit_readings{state="dead_lettered"} 20.0
+sensorstream_audit_readings{state="missing"} 3.0
+sensorstream_audit_readings{state="duplicated"} 0.0
+sensorstream_audit_windows{kind="conflicting"} 0.0
+sensorstream_audit_windows{kind="partial"} 1.0
+sensorstream_audit_sensors_with_problems 2.0
+sensorstream_audit_last_pass_timestamp_seconds 0.0
+"""
+
+
+def _audited_stack(tmp_path: Path) -> tuple[stack.Stack, stack.Sampler]:
+    audit = stack.Child(
+        name="audit",
+        role="audit",
+        process=_Running(),  # type: ignore[arg-type]
+        log=tmp_path / "audit.log",
+        port=8002,
+    )
+    local = stack.Stack(state_dir=tmp_path, kafka_dir=tmp_path / "kafka", children=[audit])
+    sampler = stack.Sampler(local.children)
+    sampler.now["audit"] = stack.Reading(time.monotonic(), stack.parse_metrics(AUDIT_METRICS))
+    return local, sampler
+
+
+class TestLiveView:
+    def test_audit_row_shows_the_accounting(self, tmp_path: Path) -> None:
+        """The live view's Audit table has one row per audit with its figures, in order."""
+        from rich.console import Console
+
+        local, sampler = _audited_stack(tmp_path)
+        console = Console(record=True, width=240)
+        console.print(stack.render(local, sampler, time.monotonic()))
+        row = next(line for line in console.export_text().splitlines() if "audit :8002" in line)
+        cells = [cell.strip() for cell in row.strip(" │|").split("│")]
+        assert ["audit :8002", "1,200", "1,150", "20", "3", "0", "0", "1", "2", "-"] == cells
+
+    def test_summary_line_counts_missing_and_twice(self, tmp_path: Path) -> None:
+        """--no-ui's summary line says what the audit finds missing and counted twice."""
+        local, sampler = _audited_stack(tmp_path)
+        line = stack.summary_line(local, sampler, time.monotonic())
+        assert "audit missing 3 / counted twice 0," in line
 
 
 @pytest.fixture(scope="module")
@@ -195,15 +259,34 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
 @pytest.mark.integration
 class TestLocalStack:
     def test_services_and_prometheus_are_up(self, running_stack: dict[str, Any]) -> None:
-        """Prometheus scrapes the producer and both processors successfully."""
+        """Prometheus scrapes the producer, both processors and the audit successfully."""
         base = running_stack["state"]["prometheus"]
         result = _api(base, "/api/v1/query", query='up{job=~"sensorstream-.*"}')["data"]["result"]
         up = sorted((r["metric"]["job"], r["value"][1]) for r in result)
         assert [
+            ("sensorstream-audit", "1"),
             ("sensorstream-processor", "1"),
             ("sensorstream-processor", "1"),
             ("sensorstream-producer", "1"),
         ] == up
+
+    def test_audit_follows_the_pipeline(self, running_stack: dict[str, Any]) -> None:
+        """The audit has passed over the live topics: it saw readings produced and readings
+        aggregated, and it is ready (ready after its first pass)."""
+        base = running_stack["state"]["prometheus"]
+        audit = next(s for s in running_stack["state"]["services"] if s["role"] == "audit")
+        result = _api(base, "/api/v1/query", query="sensorstream_audit_readings")["data"]["result"]
+        figures = {r["metric"]["state"]: float(r["value"][1]) for r in result}
+        try:
+            with urllib.request.urlopen(f"{audit['url']}/readyz", timeout=5) as response:
+                ready = response.status
+        except urllib.error.HTTPError as exc:  # 503 until the first pass
+            ready = exc.code
+        assert (200, True, True) == (
+            ready,
+            figures.get("produced", 0) > 0,
+            figures.get("aggregated", 0) > 0,
+        ), figures
 
     def test_prints_endpoints(self, running_stack: dict[str, Any]) -> None:
         """The stack says where Prometheus and every metrics endpoint are."""
