@@ -51,6 +51,20 @@ class QuickMembership(HangingMembership):
         return None
 
 
+class HangingClient:
+    def __init__(self) -> None:
+        self.stopping = False
+
+    async def stop(self) -> None:
+        self.stopping = True
+        await asyncio.sleep(60)
+
+
+class StoppedClient:
+    async def stop(self) -> None:
+        return None
+
+
 class TestShutdown:
     async def test_a_shutdown_that_runs_out_of_time_exits_non_zero(self) -> None:
         """Workers that do not finish within --shutdown-timeout: exit 1, tasks cancelled."""
@@ -70,3 +84,26 @@ class TestShutdown:
         service = ProcessorService(settings, ProcessorMetrics(CollectorRegistry()))
 
         assert 0 == await service._shutdown(QuickMembership())  # type: ignore[arg-type]
+
+    async def test_clients_that_hang_on_close_cannot_hold_the_exit(self) -> None:
+        """A consumer and outputs that never finish closing (a broker gone silent) are given
+        what is left of the shutdown timeout, then the process exits 1."""
+        settings = load_settings(ProcessorSettings, ["--shutdown-timeout", "0.2"])
+        service = ProcessorService(settings, ProcessorMetrics(CollectorRegistry()))
+        await service._shutdown(QuickMembership())  # type: ignore[arg-type]
+        consumer, outputs = HangingClient(), HangingClient()
+
+        with capture_logs() as logs:
+            status = await asyncio.wait_for(service._close_clients(consumer, outputs, 0), 5)
+
+        assert (1, True, True) == (status, consumer.stopping, outputs.stopping)
+        assert "outputs_close_timed_out" in [e["event"] for e in logs]
+
+    async def test_clients_that_close_keep_the_status(self) -> None:
+        """Clients that close in time leave the shutdown's own status."""
+        settings = load_settings(ProcessorSettings, [])
+        service = ProcessorService(settings, ProcessorMetrics(CollectorRegistry()))
+
+        status = await service._close_clients(StoppedClient(), StoppedClient(), 0)
+
+        assert 0 == status

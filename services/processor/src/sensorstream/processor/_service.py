@@ -132,6 +132,8 @@ class ProcessorService:
         self.settings = settings
         self.metrics = metrics or ProcessorMetrics(version=version())
         self._membership: GroupMembership | None = None
+        self._deadline: float | None = None
+        """When a SIGTERM shutdown must be over (monotonic); None until one starts."""
         self._policy = RetryPolicy(budget=settings.retry_budget)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -307,10 +309,27 @@ class ProcessorService:
                 await fetcher.run(stop.event, membership.check)
                 status = await self._shutdown(membership)
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), timeout=5.0)  # leaves the group
-            await guarantee.stop()
+            status = await self._close_clients(consumer, guarantee, status)
         log.info("consumer_stopped")
+        return status
+
+    async def _close_clients(self, consumer: Any, guarantee: Any, status: int) -> int:
+        """Stop the consumer (leaving the group) and the outputs; ``status``, or 1 if the
+        outputs did not close in time.
+
+        What is left of --shutdown-timeout bounds both: a broker that stopped answering
+        must not keep the process from exiting.
+        """
+        deadline = self._deadline or time.monotonic() + 10.0
+        closing = max(1.0, deadline - time.monotonic()) / 2
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), timeout=closing)
+        try:
+            await asyncio.wait_for(guarantee.stop(), timeout=closing)
+        except TimeoutError:
+            # Committed work was acknowledged before its commit: nothing is lost here.
+            log.error("outputs_close_timed_out", timeout=round(closing, 1))
+            return EXIT_FATAL
         return status
 
     def _handler_runner(self, handler: Handler) -> Any:
@@ -335,10 +354,12 @@ class ProcessorService:
         settings = self.settings
         log.info("processor_stopping", reason="signal")
         started = time.monotonic()
+        self._deadline = started + settings.shutdown_timeout
         try:
+            # The rest of the timeout is for closing the clients (see _consume).
             await asyncio.wait_for(
                 membership.leave(grace=settings.shutdown_timeout / 2),
-                timeout=settings.shutdown_timeout * 0.8,
+                timeout=settings.shutdown_timeout * 0.7,
             )
         except TimeoutError:
             membership.cancel_all()
