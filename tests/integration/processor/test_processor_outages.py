@@ -28,6 +28,8 @@ from processor_support import (
     settled_ledger,
     start_processor,
     stop_all,
+    wait_for_commits,
+    wait_until,
 )
 
 from kafka_helpers import create_topic
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from conftest import FailoverCluster, OutageKafka
 
 SENSORS = 12
+CONSUMED = "sensorstream_processor_events_consumed_total"
 
 
 def start_producer(
@@ -66,6 +69,16 @@ def start_producer(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+async def consumed_more(processor: Processor, *, than: float, by: int, within: float) -> None:
+    """Wait until ``processor`` has consumed ``by`` more records than ``than``."""
+    await wait_until(
+        lambda: processor.metric_async(CONSUMED),
+        lambda consumed: consumed >= than + by,
+        within=within,
+        what=f"{by} more records consumed than {than:g}",
+    )
 
 
 async def wait_exit(proc: subprocess.Popen[bytes], within: float) -> int:
@@ -103,7 +116,7 @@ class TestBrokerOutage:
     async def test_an_outage_longer_than_the_idle_timeout_loses_nothing(
         self, outage_kafka: OutageKafka, tmp_path: Path
     ) -> None:
-        """The broker is down for 45 s (idle timeout 2 s, client request timeout 40 s)
+        """The broker is down for 45 s (idle timeout 5 s, client request timeout 40 s)
         under live traffic: the producer keeps every reading and delivers it once; the
         processor closes no window for the outage, so every reading is aggregated."""
         bootstrap = outage_kafka.bootstrap
@@ -114,12 +127,15 @@ class TestBrokerOutage:
         producer = start_producer(bootstrap, topics.input, tmp_path, "--rate", "300")
         try:
             await processor.wait_ready()
-            await asyncio.sleep(6.0)
+            # The outage hits a processor with committed work and windows open.
+            await wait_for_commits(bootstrap, topics, partitions=3)
+            before = await processor.metric_async(CONSUMED)
             await outage_kafka.stop_async(hard=True)
             await asyncio.sleep(45.0)
             assert processor.proc.poll() is None, processor.logs()[-3000:]
             await outage_kafka.start_async()
-            await asyncio.sleep(10.0)  # the producer catches up, the processor resumes
+            # The producer catches up and the processor works through it.
+            await consumed_more(processor, than=before, by=3000, within=90)
             producer.send_signal(signal.SIGTERM)
             assert 0 == await wait_exit(producer, 90)
             ledger = await settled_ledger(bootstrap, topics, within=60)
@@ -154,13 +170,15 @@ class TestLeaderFailover:
         )
         try:
             await processor.wait_ready()
-            await asyncio.sleep(3.0)
+            await wait_for_commits(bootstrap, topics, partitions=3)
             for _ in range(3):
                 leader = await failover_cluster.leader_of(topics.input, 0)
                 await failover_cluster.stop_node_async(leader, hard=True)
-                await asyncio.sleep(6.0)
+                await asyncio.sleep(6.0)  # the partition's old leader stays away this long
                 await failover_cluster.start_node_async(leader)
-                await asyncio.sleep(3.0)
+                back = await processor.metric_async(CONSUMED)
+                # Traffic flows through the processor again before the next bounce.
+                await consumed_more(processor, than=back, by=2000, within=60)
             producer.send_signal(signal.SIGTERM)
             assert 0 == await wait_exit(producer, 90)
             ledger = await settled_ledger(bootstrap, topics, within=60)

@@ -2,8 +2,14 @@
 
 Every test runs ``python -m sensorstream.processor`` subprocesses on private topics
 with 1 s windows, feeds them readings whose per-sensor ``seq`` runs 0..N-1, and
-checks the aggregates: deduplicated by (sensor, window_start), their counts must add
-up to what was produced and their seq ranges must tile 0..N-1 in window order.
+checks every aggregate emitted: each counts exactly the readings of its seq range, a
+window emitted again (only an at-least-once replay may) is identical, and the distinct
+windows tile 0..N-1 in window order. The tests that stop or kill a processor mid-stream
+also mix malformed payloads into the input and set an alert threshold, and check that
+no alert and no dead letter went missing over the restart.
+
+Nothing waits a fixed time before a kill: each test waits until the group has
+committed on every partition (so the killed instance had done work that counts).
 """
 
 from __future__ import annotations
@@ -13,62 +19,121 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from processor_support import (
+    ALERTING,
+    Processor,
     Topics,
+    aborted_records,
+    committed_offsets,
     counts,
-    deduplicated,
+    emission_problems,
+    end_offsets,
+    expected_alerts,
     make_input,
-    overcounted,
+    open_transactions,
     produce_readings,
-    read_aggregates,
+    read_alerts,
+    read_dead_letters,
+    replay_until,
     seq_gaps,
     start_processor,
     stop_all,
     wait_for_aggregates,
+    wait_for_assignment,
+    wait_for_commits,
+    wait_until,
+    windows,
 )
 
-from sensorstream.schema import DeadLetterHeaders, encode_reading
+from sensorstream.schema import DeadLetterHeaders, WindowAggregate, decode_aggregate, encode_reading
 from sensorstream.schema.testing import malformed_corpus
 
 SENSORS = 12
 PER_SENSOR = 250  # 3,000 events, 5 s of event time per sensor at 20 ms steps
 RATE = 600.0
+PARTITIONS = 6
+POISON_EVERY = 100  # 30 malformed payloads among the 3,000 readings
+CONSUMED = "sensorstream_processor_events_consumed_total"
+REPLAYED = 'sensorstream_processor_events_total{outcome="replayed"}'
 
 
 def assert_complete(
-    aggregates: list,
+    aggregates: list[WindowAggregate],
     sensors: int = SENSORS,
     per_sensor: int = PER_SENSOR,
     *,
-    restarted: bool = True,
+    once: bool = False,
 ) -> None:
-    """Every seq of every sensor in exactly one window; no aggregate counts a reading twice."""
-    assert [] == overcounted(aggregates, exact=not restarted)
-    per = deduplicated(aggregates)
+    """Every emitted aggregate is whole and a repeated window identical (with ``once``: no
+    window repeated); the distinct windows hold every seq of every sensor exactly once."""
+    assert [] == emission_problems(aggregates, once=once)
+    per = windows(aggregates)
     assert {f"sensor-{s:04d}": per_sensor for s in range(sensors)} == counts(per)
     assert {} == {s: gaps for s, aggs in per.items() if (gaps := seq_gaps(aggs, per_sensor))}
 
 
+async def consumed_at_least(processor: Processor, events: int, *, within: float = 30.0) -> None:
+    """Wait until ``processor`` has consumed ``events`` records."""
+    await wait_until(
+        lambda: processor.metric_async(CONSUMED),
+        lambda n: n >= events,
+        within=within,
+        what=f"{events} events consumed by the processor on port {processor.port}",
+    )
+
+
 class TestKillAndRestart:
     async def test_no_event_lost_after_kill_9(self, kafka_bootstrap: str, tmp_path: Path) -> None:
-        """kill -9 mid-stream and a restart: every produced event is in an aggregate."""
+        """kill -9 mid-stream once every partition has a commit: the next instance resumes
+        each partition at its committed offset and replays up to the replay mark; every
+        reading, alert and dead letter is in the output."""
         topics = Topics.fresh("kill9")
         await make_input(kafka_bootstrap, topics)
-        first = start_processor(kafka_bootstrap, topics, tmp_path)
+        first = start_processor(kafka_bootstrap, topics, tmp_path, **ALERTING)
         processors = [first]
         try:
             await first.wait_ready()
             producing = asyncio.create_task(
                 produce_readings(
-                    kafka_bootstrap, topics.input, sensors=SENSORS, per_sensor=PER_SENSOR, rate=RATE
+                    kafka_bootstrap,
+                    topics.input,
+                    sensors=SENSORS,
+                    per_sensor=PER_SENSOR,
+                    rate=RATE,
+                    poison_every=POISON_EVERY,
                 )
             )
-            await asyncio.sleep(2.5)
+            await wait_for_commits(kafka_bootstrap, topics, partitions=PARTITIONS)
             first.kill()
-            second = start_processor(kafka_bootstrap, topics, tmp_path)
+            at_kill = await committed_offsets(kafka_bootstrap, topics)
+            second = start_processor(kafka_bootstrap, topics, tmp_path, **ALERTING)
             processors.append(second)
-            sent = await producing
-            aggregates = await wait_for_aggregates(kafka_bootstrap, topics.aggregates, sent)
+            produced = await producing
+            aggregates = await wait_for_aggregates(
+                kafka_bootstrap, topics.aggregates, produced.readings
+            )
             assert_complete(aggregates)
+
+            # The second instance started where the first had committed, not at 0 and
+            # not at the end: it consumed exactly the records from the commits on, and
+            # re-read (without emitting) those up to each commit's replay mark.
+            ends = await end_offsets(kafka_bootstrap, topics.input)
+            committed = {p: offset for p, (offset, _) in at_kill.items()}
+            replay = sum(replay_until(meta) - offset for offset, meta in at_kill.values())
+            assert (committed, sum(ends[p] - committed[p] for p in ends), replay) == (
+                second.resumed_from(),
+                await second.metric_async(CONSUMED),
+                await second.metric_async(REPLAYED),
+            )
+            assert [True] * PARTITIONS == [0 < committed[p] < ends[p] for p in sorted(ends)]
+            assert 0 < replay
+
+            # At least once: every alert and dead letter is there, repeats allowed.
+            alerts = await read_alerts(kafka_bootstrap, topics.alerts)
+            dead = await read_dead_letters(kafka_bootstrap, topics.dlq)
+            assert (await expected_alerts(kafka_bootstrap, topics), sorted(produced.poison)) == (
+                sorted(set(alerts)),
+                sorted(set(dead)),
+            )
         finally:
             stop_all(processors)
 
@@ -77,30 +142,41 @@ class TestGracefulRestart:
     async def test_sigterm_restart_processes_each_event_once(
         self, kafka_bootstrap: str, tmp_path: Path
     ) -> None:
-        """SIGTERM and restart: each aggregate once, each event handled once, exit 0."""
+        """SIGTERM and restart: each aggregate, alert and dead letter once, each event
+        handled once, exit 0."""
         topics = Topics.fresh("sigterm")
         await make_input(kafka_bootstrap, topics)
         handled = tmp_path / "handled.txt"
         handler = {"SENSORSTREAM_HANDLER": "recording_handler:RecordingHandler"}
-        env = {"TEST_HANDLED_LOG": str(handled), **handler}
+        env = {"TEST_HANDLED_LOG": str(handled), **handler, **ALERTING}
         first = start_processor(kafka_bootstrap, topics, tmp_path, **env)
         processors = [first]
         try:
             await first.wait_ready()
             producing = asyncio.create_task(
                 produce_readings(
-                    kafka_bootstrap, topics.input, sensors=SENSORS, per_sensor=PER_SENSOR, rate=RATE
+                    kafka_bootstrap,
+                    topics.input,
+                    sensors=SENSORS,
+                    per_sensor=PER_SENSOR,
+                    rate=RATE,
+                    poison_every=POISON_EVERY,
                 )
             )
-            await asyncio.sleep(2.5)
+            await wait_for_commits(kafka_bootstrap, topics, partitions=PARTITIONS)
             assert 0 == await first.terminate()
             second = start_processor(kafka_bootstrap, topics, tmp_path, **env)
             processors.append(second)
-            sent = await producing
+            produced = await producing
+            sent = produced.readings
             aggregates = await wait_for_aggregates(kafka_bootstrap, topics.aggregates, sent)
-            assert_complete(aggregates)
-            windows = [(a.sensor_id, a.window_start) for a in aggregates]
-            assert len(set(windows)) == len(windows)
+            assert_complete(aggregates, once=True)
+            alerts = await read_alerts(kafka_bootstrap, topics.alerts)
+            dead = await read_dead_letters(kafka_bootstrap, topics.dlq)
+            assert (await expected_alerts(kafka_bootstrap, topics), sorted(produced.poison)) == (
+                sorted(alerts),
+                sorted(dead),
+            )
             assert 0 == await second.terminate()
             event_ids = [line.split()[0] for line in handled.read_text().splitlines()]
             assert (sent, sent) == (len(event_ids), len(set(event_ids)))
@@ -109,33 +185,49 @@ class TestGracefulRestart:
 
 
 class TestScaling:
-    async def test_scale_1_3_1_loses_nothing_and_keeps_order(
+    async def test_scale_1_3_1_moves_partitions_loses_nothing_and_keeps_order(
         self, kafka_bootstrap: str, tmp_path: Path
     ) -> None:
-        """Scaling 1 -> 3 -> 1 replicas while producing: nothing lost, per-sensor order kept."""
+        """Scaling 1 -> 3 -> 1 replicas while producing: the partitions spread over the
+        three (each has some, none twice) and all come back to the one; nothing lost,
+        per-sensor order kept."""
         topics = Topics.fresh("scale")
         await make_input(kafka_bootstrap, topics)
-        per_sensor = 400  # ~8 s of production
         first = start_processor(kafka_bootstrap, topics, tmp_path)
         processors = [first]
+        scaled_back = asyncio.Event()
         try:
-            await first.wait_ready()
+            alone = await first.wait_ready()
             producing = asyncio.create_task(
                 produce_readings(
-                    kafka_bootstrap, topics.input, sensors=SENSORS, per_sensor=per_sensor, rate=RATE
+                    kafka_bootstrap, topics.input, sensors=SENSORS, until=scaled_back, rate=RATE
                 )
             )
-            await asyncio.sleep(1.5)
+            await consumed_at_least(first, 600)
             extra = [start_processor(kafka_bootstrap, topics, tmp_path) for _ in range(2)]
             processors.extend(extra)
-            await asyncio.gather(*(p.wait_ready() for p in extra))
-            await asyncio.sleep(2.0)
+            spread = await wait_for_assignment(processors, PARTITIONS)
+            for p in extra:  # each newcomer works on what it was given
+                await consumed_at_least(p, 1)
             assert [0, 0] == [await p.terminate() for p in extra]
-            sent = await producing
-            aggregates = await wait_for_aggregates(kafka_bootstrap, topics.aggregates, sent)
+            [back] = await wait_for_assignment([first], PARTITIONS)
+            await consumed_at_least(first, await first.metric_async(CONSUMED) + 300)
+            scaled_back.set()
+            produced = await producing
+            per_sensor = produced.readings // SENSORS
+            aggregates = await wait_for_aggregates(
+                kafka_bootstrap, topics.aggregates, produced.readings
+            )
             assert_complete(aggregates, per_sensor=per_sensor)
+            everything = frozenset(range(PARTITIONS))
+            assert (everything, everything - spread[0], everything) == (
+                alone,
+                spread[1] | spread[2],
+                back,
+            )
             assert first.proc.poll() is None
         finally:
+            scaled_back.set()
             stop_all(processors)
 
 
@@ -177,7 +269,7 @@ class TestPoisonEvents:
             finally:
                 await producer.stop()
             aggregates = await wait_for_aggregates(kafka_bootstrap, topics.aggregates, good)
-            assert_complete(aggregates, sensors=3, per_sensor=len(corpus), restarted=False)
+            assert_complete(aggregates, sensors=3, per_sensor=len(corpus), once=True)
 
             from kafka_helpers import consume_all
 
@@ -226,11 +318,12 @@ class TestSlowHandler:
         )
         try:
             await processor.wait_ready()
-            sent = await produce_readings(
+            produced = await produce_readings(
                 kafka_bootstrap, topics.input, sensors=6, per_sensor=60, rate=300
             )
+            sent = produced.readings
             aggregates = await wait_for_aggregates(kafka_bootstrap, topics.aggregates, sent)
-            assert_complete(aggregates, sensors=6, per_sensor=60, restarted=False)
+            assert_complete(aggregates, sensors=6, per_sensor=60, once=True)
             event_ids = [line.split()[0] for line in handled.read_text().splitlines()]
             assert (sent, sent) == (len(event_ids), len(set(event_ids)))
             assert 1 == processor.metric("sensorstream_processor_rebalances_total")
@@ -239,34 +332,77 @@ class TestSlowHandler:
 
 
 class TestExactlyOnce:
-    async def test_read_committed_sees_each_aggregate_once_after_kill_9(
+    async def test_kill_9_aborts_the_open_transaction_and_read_committed_sees_each_output_once(
         self, kafka_bootstrap: str, tmp_path: Path
     ) -> None:
-        """exactly_once: kill -9 and restart; a read_committed reader sees no duplicate."""
+        """exactly_once: kill -9 while a transaction holds outputs; the restart aborts it,
+        and a read_committed reader sees every aggregate, alert and dead letter exactly
+        once, no window partial."""
         topics = Topics.fresh("eos")
         await make_input(kafka_bootstrap, topics)
-        env = {"SENSORSTREAM_GUARANTEE": "exactly_once"}
+        env = {"SENSORSTREAM_GUARANTEE": "exactly_once", **ALERTING}
         first = start_processor(kafka_bootstrap, topics, tmp_path, **env)
         processors = [first]
         try:
             await first.wait_ready()
             producing = asyncio.create_task(
                 produce_readings(
-                    kafka_bootstrap, topics.input, sensors=SENSORS, per_sensor=PER_SENSOR, rate=RATE
+                    kafka_bootstrap,
+                    topics.input,
+                    sensors=SENSORS,
+                    per_sensor=PER_SENSOR,
+                    rate=RATE,
+                    poison_every=POISON_EVERY,
                 )
             )
-            await asyncio.sleep(2.5)
+            await wait_for_commits(kafka_bootstrap, topics, partitions=PARTITIONS)
+            await wait_until(
+                lambda: open_transactions(kafka_bootstrap, topics.outputs),
+                bool,
+                within=20,
+                what="a transaction holding outputs",
+            )
             first.kill()
+            # What the dead instance left open: its records sit above the LSO.
+            left_open = await open_transactions(kafka_bootstrap, topics.outputs)
             second = start_processor(kafka_bootstrap, topics, tmp_path, **env)
             processors.append(second)
-            sent = await producing
+            produced = await producing
             aggregates = await wait_for_aggregates(
-                kafka_bootstrap, topics.aggregates, sent, isolation_level="read_committed"
+                kafka_bootstrap,
+                topics.aggregates,
+                produced.readings,
+                isolation_level="read_committed",
             )
-            assert_complete(aggregates)
-            windows = [(a.sensor_id, a.window_start) for a in aggregates]
-            assert len(set(windows)) == len(windows)
-            uncommitted = await read_aggregates(kafka_bootstrap, topics.aggregates)
-            assert len(uncommitted) >= len(aggregates)
+            assert_complete(aggregates, once=True)
+            alerts = await read_alerts(
+                kafka_bootstrap, topics.alerts, isolation_level="read_committed"
+            )
+            dead = await read_dead_letters(
+                kafka_bootstrap, topics.dlq, isolation_level="read_committed"
+            )
+            assert (await expected_alerts(kafka_bootstrap, topics), sorted(produced.poison)) == (
+                sorted(alerts),
+                sorted(dead),
+            )
+
+            # The restart fenced the dead instance and aborted what it had left open:
+            # those records are in the log (read_uncommitted), not in read_committed.
+            assert {} == await open_transactions(kafka_bootstrap, topics.outputs)
+            aborted = {
+                topic: await aborted_records(kafka_bootstrap, topic) for topic in topics.outputs
+            }
+            thrown_away = [
+                (topic, r.partition, r.offset)
+                for topic, records in aborted.items()
+                for r in records
+                if (topic, r.partition) in left_open
+                and r.offset >= left_open[topic, r.partition][0]
+            ]
+            assert 0 < len(thrown_away), f"nothing aborted above the LSOs {left_open}"
+            # What the abort threw away was written again, identically, and committed.
+            committed = set(aggregates)
+            redone = [decode_aggregate(r.value) for r in aborted[topics.aggregates]]
+            assert [] == [agg for agg in redone if agg not in committed]
         finally:
             stop_all(processors)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -167,8 +168,13 @@ class FakeConsumer:
         self.sought: list[tuple[TopicPartition, int]] = []
         self.paused: list[TopicPartition] = []
         self.resumed: list[TopicPartition] = []
-        self.polled_ms = 100_000
+        self.polled_ms: int | None = 100_000
         self.hw = 0
+        self.lso: int | None = None
+        """last_stable_offset(); None: the high watermark."""
+        self.at: int | None = None
+        """position(); None: the high watermark."""
+        self.positions_asked = 0
         self.calls = 0
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, Any]:
@@ -193,28 +199,37 @@ class FakeConsumer:
     def resume(self, tp: TopicPartition) -> None:
         self.resumed.append(tp)
 
-    def last_poll_timestamp(self, tp: TopicPartition) -> int:
+    def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
         return self.polled_ms
 
     def highwater(self, tp: TopicPartition) -> int:
         return self.hw
 
     def last_stable_offset(self, tp: TopicPartition) -> int:
-        return self.hw
+        return self.hw if self.lso is None else self.lso
 
     async def position(self, tp: TopicPartition) -> int:
-        return self.hw
+        self.positions_asked += 1
+        return self.hw if self.at is None else self.at
 
 
-def fetcher(consumer: FakeConsumer, *, capacity: int = 100, budget: float = 1.0) -> Fetcher:
+def fetcher(
+    consumer: FakeConsumer,
+    *,
+    capacity: int = 100,
+    budget: float = 1.0,
+    read_committed: bool = False,
+    fetch_max_wait: float = 0.5,
+    metrics: ProcessorMetrics | None = None,
+) -> Fetcher:
     return Fetcher(
         consumer,  # type: ignore[arg-type]
         max_batch=10,
         partition_buffer=capacity,
-        fetch_max_wait=0.5,
-        read_committed=False,
+        fetch_max_wait=fetch_max_wait,
+        read_committed=read_committed,
         policy=RetryPolicy(budget=budget, wait_initial=0.01, wait_max=0.02, wait_jitter=0),
-        metrics=ProcessorMetrics(CollectorRegistry()),
+        metrics=metrics or ProcessorMetrics(CollectorRegistry()),
     )
 
 
@@ -332,3 +347,244 @@ class TestLag:
         opened.done(len(opened.take(4)), 4, None)
 
         assert ((0, 0.0), 6) == (before, f.update_lag()[0])
+
+
+class TestFeedWaiting:
+    async def test_wait_returns_at_once_when_records_are_queued(self) -> None:
+        """A worker with records waiting does not sleep."""
+        f = feed()
+        f.push(records(0))
+
+        await asyncio.wait_for(f.wait(timeout=30), timeout=1)
+
+        assert [0] == [r.offset for r in f.take(10)]
+
+    async def test_a_push_wakes_a_waiting_worker(self) -> None:
+        """Records arriving end the wait, long before its timeout."""
+        f = feed()
+        waiting = asyncio.create_task(f.wait(timeout=30))
+        await asyncio.sleep(0.01)
+        f.push(records(0))
+
+        await asyncio.wait_for(waiting, timeout=1)
+
+    async def test_wake_ends_a_wait_without_records(self) -> None:
+        """wake() (the worker is being stopped) ends the wait at once."""
+        f = feed()
+        waiting = asyncio.create_task(f.wait(timeout=30))
+        await asyncio.sleep(0.01)
+        f.wake()
+
+        await asyncio.wait_for(waiting, timeout=1)
+
+    async def test_an_empty_push_queues_nothing(self) -> None:
+        """An empty fetch neither queues records nor ends the quiet."""
+        f = feed()
+        f.observe(responded_at=100.0, end_offset=5, position=5)
+        f.observe(responded_at=101.0, end_offset=5, position=5)
+        f.push([])
+
+        assert (0, None, 1.0) == (f.depth, f.fed_until, f.quiet_for())
+
+
+class TestPauseAndResume:
+    async def test_the_paused_gauge_follows_pause_and_resume(self) -> None:
+        """paused_partitions is 1 while the full feed is paused and 0 once it drained."""
+        metrics = ProcessorMetrics(CollectorRegistry())
+        consumer = FakeConsumer([{TP: records(0, 1, 2)}])
+        f = fetcher(consumer, capacity=3, metrics=metrics)
+        opened = f.open_feed(TP)
+
+        await run_until_drained(f, consumer)
+        while_paused = (f.paused, metrics.paused_partitions._value.get())
+        opened.done(len(opened.take(3)), 3, None)
+
+        assert ((1, 1.0), (0, 0.0)) == (
+            while_paused,
+            (f.paused, metrics.paused_partitions._value.get()),
+        )
+
+    async def test_a_feed_is_paused_once_however_much_more_arrives(self) -> None:
+        """Records fetched before the pause took effect are queued; pause is not repeated."""
+        consumer = FakeConsumer([{TP: records(0, 1, 2)}, {TP: records(3, 4)}])
+        f = fetcher(consumer, capacity=3)
+        opened = f.open_feed(TP)
+
+        await run_until_drained(f, consumer)
+
+        assert ([TP], 5) == (consumer.paused, opened.depth)
+
+    async def test_a_partition_revoked_while_paused_is_not_resumed(self) -> None:
+        """Resuming a partition the consumer no longer has would fail: it is skipped."""
+        consumer = FakeConsumer([{TP: records(0, 1, 2)}])
+        f = fetcher(consumer, capacity=3)
+        opened = f.open_feed(TP)
+        await run_until_drained(f, consumer)
+        consumer.assigned = set()
+
+        opened.done(len(opened.take(3)), 3, None)
+
+        assert [] == consumer.resumed
+
+    async def test_closing_a_feed_drops_its_records_and_its_pause(self) -> None:
+        """A revoked partition's buffered records are dropped (the next owner fetches them)
+        and it no longer counts as paused."""
+        metrics = ProcessorMetrics(CollectorRegistry())
+        consumer = FakeConsumer([{TP: records(0, 1, 2)}])
+        f = fetcher(consumer, capacity=3, metrics=metrics)
+        opened = f.open_feed(TP)
+        await run_until_drained(f, consumer)
+
+        f.close_feed(TP)
+
+        assert ({}, 0, [], 0.0) == (
+            f.feeds,
+            opened.depth,
+            opened.take(10),
+            metrics.paused_partitions._value.get(),
+        )
+
+    async def test_records_of_a_partition_no_longer_assigned_are_dropped(self) -> None:
+        """No feed and not ours (revoked meanwhile): neither queued nor sought."""
+        consumer = FakeConsumer([{TP: records(4, 5)}])
+        consumer.assigned = set()
+        f = fetcher(consumer)
+
+        await run_until_drained(f, consumer)
+
+        assert ([], {}) == (consumer.sought, f.feeds)
+
+
+class TestObserve:
+    async def test_read_committed_measures_against_the_last_stable_offset(self) -> None:
+        """With exactly-once the end is the LSO: records of an open transaction above it
+        are not yet readable, so a partition at the LSO is caught up."""
+        consumer = FakeConsumer([])
+        consumer.hw, consumer.lso = 12, 8
+        f = fetcher(consumer, read_committed=True)
+        opened = f.open_feed(TP)
+        opened.push(records(*range(8)))
+        opened.done(len(opened.take(10)), 8, None)
+
+        await f._observe()
+
+        assert (8, 0) == (opened.end_offset, f.update_lag()[0])
+
+    async def test_read_uncommitted_measures_against_the_high_watermark(self) -> None:
+        """At-least-once: the end is the high watermark."""
+        consumer = FakeConsumer([])
+        consumer.hw, consumer.lso = 12, 8
+        f = fetcher(consumer)
+        opened = f.open_feed(TP)
+
+        await f._observe()
+
+        assert 12 == opened.end_offset
+
+    async def test_a_partition_past_control_records_is_caught_up(self) -> None:
+        """A commit marker takes an offset no record has: fed_until stays below the end,
+        so the fetcher asks the consumer's position, and the partition can go quiet."""
+        consumer = FakeConsumer([])
+        consumer.hw = consumer.at = 5  # records 0..3, the marker at 4
+        f = fetcher(consumer, read_committed=True)
+        opened = f.open_feed(TP)
+        opened.push(records(0, 1, 2, 3))
+        opened.done(len(opened.take(10)), 4, None)
+        answered = int(time.time() * 1000) - 500  # two answers, 0.5 s apart, up to now
+        for polled_ms in (answered, answered + 500):
+            consumer.polled_ms = polled_ms
+            await f._observe()
+
+        assert (2, 0.5) == (consumer.positions_asked, opened.quiet_for())
+
+    async def test_the_same_fetch_response_is_observed_once(self) -> None:
+        """No new response since the last look: nothing is asked, the quiet time stays."""
+        consumer = FakeConsumer([])
+        consumer.hw, consumer.at = 5, 5
+        consumer.polled_ms = int(time.time() * 1000)
+        f = fetcher(consumer)
+        f.open_feed(TP)
+        for _ in range(3):
+            await f._observe()  # polled_ms never changes
+
+        assert 1 == consumer.positions_asked
+
+    async def test_a_partition_never_fetched_is_not_observed(self) -> None:
+        """No fetch response yet: the feed learns nothing (no end offset, no quiet)."""
+        consumer = FakeConsumer([])
+        consumer.polled_ms = None
+        f = fetcher(consumer)
+        opened = f.open_feed(TP)
+
+        await f._observe()
+
+        assert (None, 0) == (opened.end_offset, consumer.positions_asked)
+
+    async def test_a_revoked_partitions_feed_is_not_observed(self) -> None:
+        """A feed whose partition left the assignment learns nothing more."""
+        consumer = FakeConsumer([])
+        consumer.hw = 7
+        consumer.assigned = set()
+        f = fetcher(consumer)
+        opened = f.open_feed(TP)
+
+        await f._observe()
+
+        assert opened.end_offset is None
+
+    @pytest.mark.parametrize(
+        ("fetch_max_wait", "silent", "stale"), [(0.5, 1.5, True), (2.0, 3.5, False)]
+    )
+    def test_a_partition_is_unanswered_after_twice_the_fetch_wait(
+        self, fetch_max_wait: float, silent: float, stale: bool
+    ) -> None:
+        """A healthy partition is answered every fetch_max_wait; silence for twice that
+        (at least 1 s) means the broker is away."""
+        f = fetcher(FakeConsumer([]), fetch_max_wait=fetch_max_wait)
+        opened = f.open_feed(TP)
+        opened.observe(responded_at=100.0, end_offset=0, position=0)
+
+        assert stale == opened.unanswered(100.0 + silent)
+
+
+class TestLagGauges:
+    def test_lag_in_seconds_is_the_age_of_the_last_processed_event(self) -> None:
+        """While a partition has lag, its lag in seconds is how old its newest processed
+        event is; the gauges carry both per partition."""
+        metrics = ProcessorMetrics(CollectorRegistry())
+        f = fetcher(FakeConsumer([]), metrics=metrics)
+        opened = f.open_feed(TP)
+        opened.observe(responded_at=100.0, end_offset=10, position=10)
+        opened.push(records(0, 1, 2, 3))
+        an_hour_ago = int((time.time() - 3600) * 1000)
+        opened.done(len(opened.take(4)), 4, an_hour_ago)
+
+        events, seconds = f.update_lag()
+
+        partition = str(TP.partition)
+        assert (6, 6.0, True, True) == (
+            events,
+            metrics.lag_events.labels(partition=partition)._value.get(),
+            3595 < seconds < 3700,
+            seconds == metrics.lag_seconds.labels(partition=partition)._value.get(),
+        )
+
+    def test_a_caught_up_partition_has_no_lag_in_seconds(self) -> None:
+        """No lag: 0 s, however old the last event (a quiet sensor is not a slow worker)."""
+        f = fetcher(FakeConsumer([]))
+        opened = f.open_feed(TP)
+        opened.observe(responded_at=100.0, end_offset=4, position=4)
+        opened.push(records(0, 1, 2, 3))
+        opened.done(len(opened.take(4)), 4, 1_000_000_000_000)
+
+        assert (0, 0.0) == f.update_lag()
+
+    def test_the_buffer_gauge_shows_records_waiting_for_the_worker(self) -> None:
+        """Buffered records are reported even before anything was processed."""
+        metrics = ProcessorMetrics(CollectorRegistry())
+        f = fetcher(FakeConsumer([]), metrics=metrics)
+        f.open_feed(TP).push(records(0, 1, 2))
+
+        f.update_lag()
+
+        assert 3.0 == metrics.buffer_depth.labels(partition=str(TP.partition))._value.get()
