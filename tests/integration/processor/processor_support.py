@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 
 from kafka_helpers import consume_all, create_topic, new_topic_name
+from sensorstream.audit import AuditReport, AuditTopics, audit_pipeline
 from sensorstream.schema import (
     TOPOLOGY,
     SensorReading,
@@ -605,15 +606,18 @@ async def wait_for_aggregates(
 class SeqLedger:
     """Per-sensor ``seq`` accounting of one run: where each produced reading ended up.
 
-    Built from what is really in the topics: the input (what was produced), the
-    aggregates (deduplicated by window: an at-least-once replay may repeat a window,
-    identically) and the dead letters (decoded back to their reading where possible).
+    The accounting is ``sensorstream-audit``'s (``report``): it looks at every emitted
+    aggregate, so a partial window or a window re-emitted with other contents shows, and
+    an identical at-least-once re-emission does not count twice. The raw topic contents
+    beside it serve assertions about particular readings.
     """
 
+    report: AuditReport
     produced: dict[str, set[int]]
     dead_lettered: dict[str, dict[int, str]]
     """sensor -> seq -> DLQ reason."""
     aggregates: dict[str, list[WindowAggregate]]
+    """sensor -> one aggregate per window (the largest), for sums over a sensor's windows."""
     produced_order: dict[str, list[int]] = field(default_factory=dict)
     """sensor -> its seqs in the order they are stored (offset order on its partition)."""
 
@@ -626,37 +630,24 @@ class SeqLedger:
                 report[sensor] = pairs[:10]
         return report
 
-    def problems(self) -> dict[str, dict[str, list[object]]]:
-        """Per sensor: seqs lost (in no aggregate and not dead-lettered), seqs counted twice,
-        and partial aggregates (count differs from the produced, not dead-lettered seqs in
-        their range). Empty when every reading is accounted for exactly once."""
-        report: dict[str, dict[str, list[object]]] = {}
-        for sensor in sorted(set(self.produced) | set(self.aggregates)):
-            produced = self.produced.get(sensor, set())
-            dlq = self.dead_lettered.get(sensor, {})
-            covered: dict[int, int] = defaultdict(int)
-            partial: list[object] = []
-            for agg in self.aggregates.get(sensor, []):
-                assert agg.first_seq is not None
-                assert agg.last_seq is not None
-                expected = {s for s in range(agg.first_seq, agg.last_seq + 1) if s in produced}
-                expected -= dlq.keys()
-                if agg.count != len(expected):
-                    partial.append(
-                        f"window {agg.window_start}: count {agg.count}, seqs "
-                        f"{agg.first_seq}..{agg.last_seq} hold {len(expected)}"
-                    )
-                for seq in expected:
-                    covered[seq] += 1
-            lost = sorted(produced - covered.keys() - dlq.keys())
-            twice = sorted(s for s, n in covered.items() if n > 1)
+    def problems(self) -> dict[str, dict[str, object]]:
+        """Per sensor, as the audit found it: seq ranges lost (in no aggregate and not
+        dead-lettered), readings counted twice, partial or conflicting windows. Empty when
+        every reading is accounted for exactly once."""
+        report: dict[str, dict[str, object]] = {}
+        for sensor in self.report.sensors:
             entry = {
-                name: values
-                for name, values in (("lost", lost), ("duplicated", twice), ("partial", partial))
-                if values
+                name: value
+                for name, value in (
+                    ("lost", sensor.missing_seqs),
+                    ("duplicated", sensor.duplicated),
+                    ("partial", sensor.partial_windows),
+                    ("conflicting", sensor.conflicting_windows),
+                )
+                if value
             }
             if entry:
-                report[sensor] = entry
+                report[sensor.sensor_id] = entry
         return report
 
     def dlq_reasons(self) -> dict[str, int]:
@@ -693,7 +684,13 @@ async def seq_ledger(
     aggregates = await read_aggregates(
         bootstrap, topics.aggregates, isolation_level=isolation_level
     )
-    return SeqLedger(dict(produced), dict(dead), deduplicated(aggregates), dict(order))
+    report = await audit_pipeline(
+        bootstrap,
+        AuditTopics(input=topics.input, aggregates=topics.aggregates, dlq=topics.dlq),
+        isolation_level=isolation_level,
+        limit=100_000,
+    )
+    return SeqLedger(report, dict(produced), dict(dead), deduplicated(aggregates), dict(order))
 
 
 async def settled_ledger(bootstrap: str, topics: Topics, *, within: float = 30.0) -> SeqLedger:

@@ -24,6 +24,8 @@ from processor_support import (
     Processor,
     SeqLedger,
     Topics,
+    committed_offsets,
+    end_offsets,
     free_port,
     settled_ledger,
     start_processor,
@@ -142,6 +144,15 @@ class TestBrokerOutage:
             assert {} == input_is_exact(ledger, acked(tmp_path / "producer.log"))
             assert {} == ledger.problems()
             assert {} == ledger.dead_lettered
+            # Commits resume after the outage: the group commits the whole input, not
+            # just what it had committed before the broker went away.
+            ends = await end_offsets(bootstrap, topics.input)
+            await wait_until(
+                lambda: committed_offsets(bootstrap, topics),
+                lambda offsets: all(offsets.get(p, (-1, ""))[0] == end for p, end in ends.items()),
+                within=60,
+                what=f"commits up to the input's end {ends} after the outage",
+            )
             assert 0 == await processor.terminate()
         finally:
             if producer.poll() is None:
