@@ -41,11 +41,12 @@ LOW_RATE = 5_000.0
 """A rate at which producer, broker and processor leave the 2 cores mostly idle."""
 
 
-def payloads(count: int, base_ms: int) -> list[tuple[bytes, bytes]]:
+def payloads(count: int, base_ms: int, start: int = 0) -> list[tuple[bytes, bytes]]:
+    """Readings ``start`` .. ``start + count - 1`` of the round-robin fleet."""
     from sensorstream.schema import SensorReading, encode_reading
 
     out = []
-    for i in range(count):
+    for i in range(start, start + count):
         sensor = i % SENSORS
         seq = i // SENSORS
         sensor_id = f"sensor-{sensor:04d}"
@@ -72,7 +73,9 @@ def prefill(bootstrap: str, topic: str, count: int) -> float:
     started = time.perf_counter()
     step = 100_000
     for start in range(0, count, step):
-        for key, value in payloads(min(step, count - start), base_ms + (start // SENSORS) * 10):
+        # Each chunk continues the seqs of the one before (sensorstream-audit caught the
+        # repeats when every chunk started again at seq 0).
+        for key, value in payloads(min(step, count - start), base_ms, start):
             while True:
                 try:
                     producer.produce(topic, value, key)
