@@ -202,6 +202,29 @@ class TestFailure:
 
 
 class TestRevocation:
+    async def test_a_failed_release_still_forgets_the_workers(self) -> None:
+        """The guarantee fails to commit a revoked partition (a fenced zombie): its worker
+        is forgotten anyway, so when the partition comes back it gets a new worker."""
+
+        class Failing(FakeGuarantee):
+            async def release(
+                self, released: list[tuple[TopicPartition, bool]], grace: float
+            ) -> None:
+                raise RuntimeError("Not in the middle of a transaction")
+
+        group, _, _ = membership(FakeAdmin({}), Failing())
+        await group.on_partitions_assigned({TP0})
+        first = group.workers[TP0]
+
+        with capture_logs() as logs:
+            await group.on_partitions_revoked({TP0})
+        forgotten = TP0 not in group.workers
+        await group.on_partitions_assigned({TP0})
+
+        assert (True, ["revocation_failed"]) == (forgotten, [e["event"] for e in logs])
+        assert first is not group.workers[TP0]
+        assert 1 == group._metrics.assigned_partitions._value.get()
+
     async def test_revoked_partitions_are_released_and_forgotten(self) -> None:
         """Their workers stop, their feeds close, the guarantee commits what they finished."""
         group, _, guarantee = membership(FakeAdmin({}))

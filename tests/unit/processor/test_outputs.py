@@ -413,6 +413,23 @@ class TestTransactionalOutput:
         with pytest.raises(OwnershipLostError, match="committing the transaction of partition 4"):
             await output.commit(2, "2:0")
 
+    async def test_a_fenced_producer_is_not_used_again(self, clients: list[FakeClient]) -> None:
+        """After ProducerFenced the client is in a fatal state: the next commit (say, when
+        the partition is revoked) is OwnershipLostError without touching it, and stop()
+        does not try to abort (the coordinator aborted the transaction when it fenced)."""
+        output = transactional()
+        await output.send([out("agg", b"1")])
+        clients[0].fail["commit"] = [ProducerFenced()]
+        with pytest.raises(OwnershipLostError):
+            await output.commit(2, "2:0")
+        calls = list(clients[0].calls)
+
+        with pytest.raises(OwnershipLostError, match="a newer owner fenced this producer"):
+            await output.commit(3, "3:0")
+        await output.stop()
+
+        assert ["stop"] == clients[0].calls[len(calls) :]
+
     async def test_an_unreachable_broker_at_begin_is_retriable(
         self, clients: list[FakeClient]
     ) -> None:

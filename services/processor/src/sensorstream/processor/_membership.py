@@ -165,15 +165,20 @@ class GroupMembership(ConsumerRebalanceListener):  # type: ignore[misc]
         workers = [self.workers[tp] for tp in tps if tp in self.workers]
         if not workers:
             return
-        clean = await asyncio.gather(*(w.stop(grace) for w in workers))
-        for worker in workers:
-            self._fetcher.close_feed(worker.tp)
-        await self._guarantee.release(
-            [(w.tp, ok) for w, ok in zip(workers, clean, strict=True)], grace
-        )
-        for worker in workers:
-            self.workers.pop(worker.tp, None)
-        self._metrics.assigned_partitions.set(len(self.workers))
+        try:
+            clean = await asyncio.gather(*(w.stop(grace) for w in workers))
+            for worker in workers:
+                self._fetcher.close_feed(worker.tp)
+            await self._guarantee.release(
+                [(w.tp, ok) for w, ok in zip(workers, clean, strict=True)], grace
+            )
+        finally:
+            # Forgotten whatever happened: a stale worker would make a later assignment
+            # of the same partition look taken already, and nothing would process it.
+            for worker in workers:
+                self._fetcher.close_feed(worker.tp)
+                self.workers.pop(worker.tp, None)
+            self._metrics.assigned_partitions.set(len(self.workers))
 
     async def leave(self, grace: float) -> None:
         """Shutdown: release every partition."""

@@ -29,7 +29,7 @@ import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from sensorstream.runtime import RetryPolicy, kafka_errors, retry, translate_kafka_error
-from sensorstream.schema import RecordTooLargeError, RetriableError
+from sensorstream.schema import OwnershipLostError, RecordTooLargeError, RetriableError
 
 from ._dead_letters import DeadLetterWriter, OutputRecord
 
@@ -205,6 +205,8 @@ class TransactionalOutput(_Sending):
         self.tp = tp
         self._group_id = group_id
         self._in_transaction = False
+        self._fenced = False
+        """A newer owner fenced this producer: it can neither commit nor abort again."""
         producer = AIOKafkaProducer(
             **producer_options(options, max_request_size=max_request_size),
             transactional_id=transactional_id(group_id, tp),
@@ -223,8 +225,11 @@ class TransactionalOutput(_Sending):
         await retry("start transactional producer", start, policy=startup)
 
     async def stop(self) -> None:
-        """Abort an open transaction (its outputs vanish, its offsets stay) and stop."""
-        if self._in_transaction:
+        """Abort an open transaction (its outputs vanish, its offsets stay) and stop.
+
+        A fenced producer's transaction was aborted by the coordinator already.
+        """
+        if self._in_transaction and not self._fenced:
             try:
                 with kafka_errors("aborting the transaction"):
                     await self._producer.abort_transaction()
@@ -233,7 +238,14 @@ class TransactionalOutput(_Sending):
             self._in_transaction = False
         await self._producer.stop()
 
+    def _owned(self) -> None:
+        if self._fenced:
+            raise OwnershipLostError(
+                f"partition {self.tp.partition}: a newer owner fenced this producer"
+            )
+
     async def _begin(self) -> None:
+        self._owned()
         if not self._in_transaction:
             with kafka_errors(f"beginning a transaction for partition {self.tp.partition}"):
                 await self._producer.begin_transaction()
@@ -242,7 +254,11 @@ class TransactionalOutput(_Sending):
     async def send(self, outputs: list[OutputRecord]) -> None:
         """Add ``outputs`` to the open transaction (begun if needed) and wait for the writes."""
         await self._begin()
-        await self._deliver(outputs)
+        try:
+            await self._deliver(outputs)
+        except OwnershipLostError:
+            self._fenced = True
+            raise
 
     async def commit(self, offset: int, metadata: str) -> None:
         """Put the partition's offset (with replay metadata) in the transaction and commit.
@@ -251,9 +267,15 @@ class TransactionalOutput(_Sending):
         this waits through an outage; a fenced producer raises OwnershipLostError.
         """
         await self._begin()
-        with kafka_errors(f"committing the transaction of partition {self.tp.partition}"):
-            await self._producer.send_offsets_to_transaction(
-                {self.tp: (offset, metadata)}, self._group_id
-            )
-            await self._producer.commit_transaction()
+        try:
+            with kafka_errors(f"committing the transaction of partition {self.tp.partition}"):
+                await self._producer.send_offsets_to_transaction(
+                    {self.tp: (offset, metadata)}, self._group_id
+                )
+                await self._producer.commit_transaction()
+        except OwnershipLostError:
+            # The client is now in a fatal state: a second commit or an abort would fail
+            # with an error that says nothing about why (IllegalOperation).
+            self._fenced = True
+            raise
         self._in_transaction = False
