@@ -38,8 +38,9 @@ from ._intervals import SeqRanges
 
 __all__ = ["DEFAULT_WINDOW_MEMORY", "AuditReport", "AuditTotals", "Ledger", "SensorReport"]
 
-DEFAULT_WINDOW_MEMORY: Final = 8
-"""Windows remembered per sensor to recognise an identical re-emission."""
+DEFAULT_WINDOW_MEMORY: Final = 64
+"""Windows remembered per sensor to recognise an identical re-emission: a replay after
+commits stalled for a minute re-emits about a minute of windows (1 KiB per sensor)."""
 
 _SHOWN_RANGES: Final = 5
 """Per problem, the first seq ranges named in a sensor's report."""
@@ -299,6 +300,13 @@ class Ledger:
         recent = sensor.recent
         if recent is None:
             recent = sensor.recent = array("q")
+        # Windows come in order: a start after the newest remembered one is new (the hot
+        # path); only a replay looks back.
+        if recent and window_start > recent[-2]:
+            recent.extend((window_start, digest))
+            if len(recent) > self._memory:
+                del recent[:2]
+            return None
         for i in range(len(recent) - 2, -1, -2):
             if recent[i] == window_start:
                 before = recent[i + 1]
