@@ -7,12 +7,13 @@ PYTEST_ARGS ?=
 UV_BOOTSTRAP := .cache/uv-bootstrap/bin/uv
 UV ?= $(shell command -v uv 2>/dev/null || echo $(UV_BOOTSTRAP))
 
-.PHONY: help prereqs sync lint test bench kafka-fetch kafka-start kafka-stop kafka-status kafka-logs run
+.PHONY: help prereqs sync lint test chaos bench kafka-fetch kafka-start kafka-stop kafka-status kafka-logs run
 
 help:
 	@echo "make sync          install the locked environment (uv sync --locked)"
 	@echo "make lint          ruff check, ruff format --check, mypy"
 	@echo "make test          unit + integration tests (starts and stops its own Kafka)"
+	@echo "make chaos         fault-injection scenarios on three brokers (~13 min; table in .cache/chaos)"
 	@echo "make bench         run every benchmarks/bench_*.py in turn"
 	@echo "make kafka-start   start the local broker on 127.0.0.1:9092 (kafka-stop, kafka-status, kafka-logs)"
 
@@ -31,6 +32,11 @@ lint: sync
 # The pytest session starts its own broker on free ports and stops it at the end.
 test: prereqs sync kafka-fetch
 	$(UV) run pytest $(PYTEST_ARGS)
+
+# Fault injection on a three-broker cluster of its own; each scenario prints a row and
+# the session ends with the table (also .cache/chaos/results.md and results.jsonl).
+chaos: sync kafka-fetch
+	$(UV) run pytest tests/chaos -s --durations=0 $(PYTEST_ARGS)
 
 bench: sync kafka-fetch
 	@set -e; for bench in benchmarks/bench_*.py; do \
