@@ -39,7 +39,7 @@ _READING = (
     b'"event_time":%d,"temperature":21.5,"humidity":48.0}'
 )
 _AGGREGATE = (
-    b'{"sensor_id":"sensor-%07d","window_start":%d,"window_end":%d,"count":%d,'
+    b'{"sensor_id":"%b","window_start":%d,"window_end":%d,"count":%d,'
     b'"temperature_min":21.5,"temperature_max":21.5,"temperature_mean":21.5,'
     b'"humidity_min":48.0,"humidity_max":48.0,"humidity_mean":48.0,'
     b'"first_seq":%d,"last_seq":%d}'
@@ -56,7 +56,8 @@ def reading(sensor: int, seq: int) -> bytes:
 
 def aggregate(sensor: int, first: int) -> bytes:
     start = BASE_MS + first * 1000
-    return _AGGREGATE % (sensor, start, start + WINDOW * 1000, WINDOW, first, first + WINDOW - 1)
+    sensor_id = b"sensor-%07d" % sensor
+    return _AGGREGATE % (sensor_id, start, start + WINDOW * 1000, WINDOW, first, first + WINDOW - 1)
 
 
 def rss_mb() -> float:
@@ -138,15 +139,11 @@ def prefill_aggregates(bootstrap: str, topic: str, events: int, sensors: int) ->
         sensor_id = f"sensor-{sensor:04d}"
         for first in range(0, per_sensor, WINDOW):
             count = min(WINDOW, per_sensor - first)
-            value = (
-                b'{"sensor_id":"%b","window_start":%d,"window_end":%d,"count":%d,'
-                b'"temperature_min":20.0,"temperature_max":32.0,"temperature_mean":26.0,'
-                b'"humidity_min":40.0,"humidity_max":56.0,"humidity_mean":48.0,'
-                b'"first_seq":%d,"last_seq":%d}'
-            ) % (
+            start = BASE_MS + first * 10
+            value = _AGGREGATE % (
                 sensor_id.encode(),
-                BASE_MS + first * 10,
-                BASE_MS + (first + WINDOW) * 10,
+                start,
+                start + WINDOW * 10,
                 count,
                 first,
                 first + count - 1,

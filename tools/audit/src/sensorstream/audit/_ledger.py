@@ -50,7 +50,6 @@ class _Sensor:
     """What the audit knows of one sensor. Kept small: there may be a million."""
 
     __slots__ = (
-        "aggregated",
         "conflicting",
         "covered",
         "dead",
@@ -81,7 +80,6 @@ class _Sensor:
         """``--follow``: ``top`` at the previous :meth:`Ledger.settle`."""
         self.reordered = 0
         self.input_duplicates = 0
-        self.aggregated = 0
         self.duplicated = 0
         self.shortfall = 0
         self.partial = 0
@@ -292,7 +290,6 @@ class Ledger:
         elif checkable and agg.count > expected:
             sensor.overcounted += 1
             sensor.duplicated += agg.count - expected
-        sensor.aggregated += agg.count
         sensor.duplicated += sensor.covered.add(first, last)
 
     def _remember(self, sensor: _Sensor, window_start: int, digest: int) -> int | None:
@@ -302,16 +299,12 @@ class Ledger:
             recent = sensor.recent = array("q")
         # Windows come in order: a start after the newest remembered one is new (the hot
         # path); only a replay looks back.
-        if recent and window_start > recent[-2]:
-            recent.extend((window_start, digest))
-            if len(recent) > self._memory:
-                del recent[:2]
-            return None
-        for i in range(len(recent) - 2, -1, -2):
-            if recent[i] == window_start:
-                before = recent[i + 1]
-                recent[i + 1] = digest
-                return before
+        if not recent or window_start <= recent[-2]:
+            for i in range(len(recent) - 2, -1, -2):
+                if recent[i] == window_start:
+                    before = recent[i + 1]
+                    recent[i + 1] = digest
+                    return before
         recent.extend((window_start, digest))
         if len(recent) > self._memory:
             del recent[:2]
