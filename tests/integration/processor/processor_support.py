@@ -249,6 +249,13 @@ class Processor:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process keeps its sockets and state but does nothing."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     async def terminate(self, grace: float = 20.0) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return await asyncio.to_thread(self.proc.wait, grace)

@@ -15,6 +15,8 @@ committed on every partition (so the killed instance had done work that counts).
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -79,6 +81,35 @@ async def consumed_at_least(processor: Processor, events: int, *, within: float 
         within=within,
         what=f"{events} events consumed by the processor on port {processor.port}",
     )
+
+
+OpenTransactions = dict[tuple[str, int], tuple[int, int]]
+
+
+async def kill_holding_a_transaction(
+    processor: Processor,
+    open_now: Callable[[], Awaitable[OpenTransactions]],
+    *,
+    within: float = 30.0,
+) -> OpenTransactions:
+    """kill -9 ``processor`` at a moment a transaction of its outputs is open, and return
+    what it left open. Seeing a transaction open and then killing races the commit in
+    between, so the member is frozen first (SIGSTOP) and the transaction looked at once
+    no commit of it can be in flight any more; if none is open, it is thawed and tried
+    again."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not await open_now():
+            await asyncio.sleep(0.05)
+            continue
+        processor.freeze()
+        await asyncio.sleep(0.5)  # an EndTxn sent just before the stop lands by now
+        left_open = await open_now()
+        if left_open:
+            processor.kill()
+            return left_open
+        processor.thaw()
+    raise AssertionError(f"no transaction of outputs held open within {within}s")
 
 
 class TestKillAndRestart:
@@ -356,15 +387,10 @@ class TestExactlyOnce:
                 )
             )
             await wait_for_commits(kafka_bootstrap, topics, partitions=PARTITIONS)
-            await wait_until(
-                lambda: open_transactions(kafka_bootstrap, topics.outputs),
-                bool,
-                within=20,
-                what="a transaction holding outputs",
+            # What the dead instance leaves open: its records sit above the LSO.
+            left_open = await kill_holding_a_transaction(
+                first, lambda: open_transactions(kafka_bootstrap, topics.outputs)
             )
-            first.kill()
-            # What the dead instance left open: its records sit above the LSO.
-            left_open = await open_transactions(kafka_bootstrap, topics.outputs)
             second = start_processor(kafka_bootstrap, topics, tmp_path, **env)
             processors.append(second)
             produced = await producing
