@@ -52,8 +52,14 @@ kafka-fetch:
 prereqs:
 	deploy/install-prereqs
 
+# KAFKA_SECURITY=sasl_ssl adds the SASL_SSL and mTLS listeners (deploy/kafka/README.md);
+# its certificates need the uv environment, the default plaintext broker only python3.
 kafka-start:
-	$(KAFKACTL) start
+ifeq ($(KAFKA_SECURITY),sasl_ssl)
+	$(UV) run $(KAFKACTL) start --security sasl_ssl
+else
+	$(KAFKACTL) start$(if $(filter-out plaintext,$(KAFKA_SECURITY)), --security $(KAFKA_SECURITY))
+endif
 
 kafka-stop:
 	$(KAFKACTL) stop

@@ -3,13 +3,20 @@
 Shared brokers (session scope), for tests that must not disturb them:
 
 - ``kafka_bootstrap``: ``host:port`` of one KRaft node.
-- ``kafka_cluster_bootstrap``: comma-joined addresses of three nodes (RF 3, min ISR 2).
+- ``kafka_cluster_bootstrap``: comma-joined PLAINTEXT addresses of three nodes (RF 3, min
+  ISR 2). The nodes run with ``security="sasl_ssl"``, which adds listeners and leaves the
+  PLAINTEXT one as it always was.
+- ``secure_kafka`` (``SecureKafka``, ``tests/kafka_security.py``): one node of its own with
+  the SASL_SSL and mTLS listeners, its CA, client certificate and SASL password.
+- ``secure_kafka_cluster`` (``SecureKafka``): the same view of the three nodes behind
+  ``kafka_cluster_bootstrap`` (no second cluster is started for it).
 
-Both start on free ports with a data dir under pytest's tmp dir, through
+All start on free ports with a data dir under pytest's tmp dir, through
 ``deploy/kafka/kafkactl.py`` (the same code as ``make kafka-start``), and stop when the
 session ends, also after failures or Ctrl-C. Set ``SENSORSTREAM_TEST_BOOTSTRAP=host:port``
 to test against a broker you already run (and ``SENSORSTREAM_TEST_CLUSTER_BOOTSTRAP`` for
-the three-node one).
+the three-node one; ``secure_kafka_cluster`` then starts three secure nodes of its own,
+since a bare address brings no certificates or password).
 
 Chaos brokers (function scope), each test's own, never the shared ones (the variables
 above do not apply to them). Their ports lie below the kernel's ephemeral range, so no
@@ -59,6 +66,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "kafka")
 
 import kafkactl
 
+from kafka_security import SecureKafka
+
 BOOTSTRAP_ENV = "SENSORSTREAM_TEST_BOOTSTRAP"
 CLUSTER_BOOTSTRAP_ENV = "SENSORSTREAM_TEST_CLUSTER_BOOTSTRAP"
 START_ATTEMPTS = 2
@@ -77,17 +86,28 @@ def _distinct_free_ports(count: int) -> list[int]:
     return sorted(ports)
 
 
-def _start_kafka(data_dir: Path, nodes: int, *, stable_ports: bool) -> kafkactl.KafkaCluster:
+def _start_kafka(
+    data_dir: Path, nodes: int, *, stable_ports: bool, security: kafkactl.Security = "plaintext"
+) -> kafkactl.KafkaCluster:
     """Start ``nodes`` nodes from ``data_dir``; a failed attempt is retried on new ports."""
+    # Client and controller ports, and with security the SASL_SSL and SSL ones.
+    per_node = 2 if security == "plaintext" else 4
 
     def attempt() -> kafkactl.KafkaCluster:
         # Another process may take a port between the pick and the bind: pick anew.
         if stable_ports:
-            ports = kafkactl.stable_free_ports(2 * nodes)
+            ports = kafkactl.stable_free_ports(per_node * nodes)
         else:
-            ports = _distinct_free_ports(2 * nodes)
+            ports = _distinct_free_ports(per_node * nodes)
+        by_role = [ports[i * nodes : (i + 1) * nodes] for i in range(per_node)]
         return kafkactl.start(
-            nodes=nodes, ports=ports[:nodes], controller_ports=ports[nodes:], data_dir=data_dir
+            nodes=nodes,
+            ports=by_role[0],
+            controller_ports=by_role[1],
+            data_dir=data_dir,
+            security=security,
+            sasl_ssl_ports=by_role[2] if security != "plaintext" else None,
+            ssl_ports=by_role[3] if security != "plaintext" else None,
         )
 
     for _ in range(START_ATTEMPTS - 1):
@@ -96,16 +116,23 @@ def _start_kafka(data_dir: Path, nodes: int, *, stable_ports: bool) -> kafkactl.
     return attempt()
 
 
-def _run_kafka(tmp_path_factory: pytest.TempPathFactory, nodes: int) -> Iterator[str]:
-    data_dir = tmp_path_factory.mktemp(f"kafka-{nodes}-node")
+@contextlib.contextmanager
+def _run_kafka(
+    tmp_path_factory: pytest.TempPathFactory,
+    nodes: int,
+    *,
+    security: kafkactl.Security = "plaintext",
+) -> Iterator[kafkactl.KafkaCluster]:
+    secure = "" if security == "plaintext" else f"-{security}"
+    data_dir = tmp_path_factory.mktemp(f"kafka-{nodes}-node{secure}")
     # Belt and braces: if the session dies before the finally below runs.
     atexit.register(kafkactl.stop, data_dir, grace=5)
     try:
         try:
-            cluster = _start_kafka(data_dir, nodes, stable_ports=False)
+            cluster = _start_kafka(data_dir, nodes, stable_ports=False, security=security)
         except kafkactl.KafkactlError as exc:
             pytest.exit(f"could not start the test Kafka broker: {exc}", returncode=1)
-        yield cluster.bootstrap
+        yield cluster
     finally:
         kafkactl.stop(data_dir)
 
@@ -116,16 +143,43 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if existing := os.environ.get(BOOTSTRAP_ENV):
         yield existing
         return
-    yield from _run_kafka(tmp_path_factory, nodes=1)
+    with _run_kafka(tmp_path_factory, nodes=1) as cluster:
+        yield cluster.bootstrap
 
 
 @pytest.fixture(scope="session")
-def kafka_cluster_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _secure_three_nodes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[kafkactl.KafkaCluster]:
+    """The shared three-node cluster, with the secure listeners beside PLAINTEXT."""
+    with _run_kafka(tmp_path_factory, nodes=3, security="sasl_ssl") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster_bootstrap(request: pytest.FixtureRequest) -> str:
     """Comma-joined addresses of a real three-node Kafka cluster (RF 3, min ISR 2)."""
     if existing := os.environ.get(CLUSTER_BOOTSTRAP_ENV):
-        yield existing
-        return
-    yield from _run_kafka(tmp_path_factory, nodes=3)
+        return existing
+    # Asked for only here: with the variable set, no cluster starts for this fixture.
+    cluster: kafkactl.KafkaCluster = request.getfixturevalue("_secure_three_nodes")
+    return cluster.bootstrap
+
+
+@pytest.fixture(scope="session")
+def secure_kafka_cluster(_secure_three_nodes: kafkactl.KafkaCluster) -> SecureKafka:
+    """The secure listeners of the three nodes behind ``kafka_cluster_bootstrap``.
+
+    With ``SENSORSTREAM_TEST_CLUSTER_BOOTSTRAP`` set, three secure nodes of its own.
+    """
+    return SecureKafka.of(_secure_three_nodes)
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """A single node of its own with SASL_SSL and mTLS listeners (see ``SecureKafka``)."""
+    with _run_kafka(tmp_path_factory, nodes=1, security="sasl_ssl") as cluster:
+        yield SecureKafka.of(cluster)
 
 
 # --------------------------------------------------------------------------- chaos

@@ -9,11 +9,23 @@ controller quorum on ``controller_port + i`` (default ``port + 100``). So the de
 single node is ``127.0.0.1:9092`` (controller 9192); three nodes are 9092-9094
 (controllers 9192-9194).
 
+Security (``start(security="sasl_ssl")``, ``kafkactl start --security sasl_ssl``): the
+PLAINTEXT listener stays as it is, and each node also gets a SASL_SSL listener on
+``port + 200 + i`` (SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN, one user ``sensorstream``) and
+an SSL listener that requires a client certificate (mTLS) on ``port + 300 + i``. Brokers and
+controllers keep talking PLAINTEXT to each other on loopback. The CA and the certificates
+come from ``certs.py`` (which needs ``cryptography``, so run under ``uv run``), the SASL
+password from here; all are made once per data dir, at the first secure start, and the
+SCRAM credentials are written at format time. The SCRAM password briefly shows in the
+format command's arguments and stays in ``server.properties`` (mode 0600) for PLAIN: fine
+for a broker on loopback, not for a shared host.
+
 Layout:
   .cache/kafka/<version>/libs/     jars resolved by Maven (``.complete`` marks success)
   <data-dir>/state.json            ports and last pids of the cluster's nodes
-  <data-dir>/cluster.json          the cluster id and node count (kept across restarts)
+  <data-dir>/cluster.json          the cluster id, node count and security (kept across restarts)
   <data-dir>/node-<id>/            server.properties, log4j2.xml, server.log, data/
+  <data-dir>/security/             secure clusters only: CA, certificates, passwords (0600)
 
 Chaos tests take single nodes down and bring them back (``stop_node``/``start_node``,
 ``kafkactl node stop|start N``): the state file keeps recording a stopped node, so
@@ -24,7 +36,8 @@ cluster on its existing data.
 ``kafkactl topic create`` takes the partitions, replication factor and configs of the
 pipeline's own topics from their one declaration, ``shared/.../schema/topology.toml``.
 
-This module uses the standard library only, so it runs before ``uv sync``. It must never
+This module uses the standard library only, so it runs before ``uv sync`` (only
+``--security sasl_ssl`` imports ``certs``, and so ``cryptography``). It must never
 touch a process it did not start: ``stop`` only signals the pids in its own state file,
 and only while their command line still names that data dir.
 """
@@ -40,9 +53,11 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -52,13 +67,20 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import ModuleType
+from typing import Literal, get_args
 
 __all__ = [
     "DEFAULT_PORT",
+    "SASL_MECHANISMS",
+    "SASL_USERNAME",
+    "SECURITY_MODES",
     "DeclaredTopic",
     "KafkaCluster",
     "KafkaNode",
     "KafkactlError",
+    "Security",
+    "SecurityFiles",
     "Topology",
     "fetch",
     "kafka_version",
@@ -81,6 +103,8 @@ CACHE_ROOT = REPO_ROOT / ".cache" / "kafka"
 DEFAULT_DATA_DIR = CACHE_ROOT / "run"
 DEFAULT_PORT = 9092
 CONTROLLER_PORT_OFFSET = 100
+SASL_SSL_PORT_OFFSET = 200
+SSL_PORT_OFFSET = 300
 DEFAULT_START_TIMEOUT = 60.0
 STOP_GRACE_SECONDS = 20.0
 QUORUM_LOST_GRACE_SECONDS = 2.0
@@ -91,6 +115,12 @@ STATE_FILE = "state.json"
 STATE_LOCK = ".state.lock"
 BROKER_MAIN = "kafka.Kafka"
 EXIT_NOT_RUNNING = 3
+Security = Literal["plaintext", "sasl_ssl"]
+SECURITY_MODES: tuple[Security, ...] = get_args(Security)
+SECURITY_DIR = "security"
+SASL_USERNAME = "sensorstream"
+SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+SASL_MECHANISMS = (*SCRAM_MECHANISMS, "PLAIN")
 # How long the controller waits for a silent broker before fencing it, which also drops
 # it from every ISR and moves its leaderships. With Kafka's defaults (heartbeat 2 s,
 # session 9 s) a killed node of three holds its partitions for ~9-18 s, and a killed node
@@ -113,10 +143,64 @@ class KafkaNode:
     controller_port: int
     pid: int
     log: str
+    # 0: no such listener (a plaintext cluster, or a state file from before security).
+    sasl_ssl_port: int = 0
+    ssl_port: int = 0
 
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
+
+    @property
+    def sasl_ssl_address(self) -> str:
+        return f"{HOST}:{self.sasl_ssl_port}"
+
+    @property
+    def ssl_address(self) -> str:
+        return f"{HOST}:{self.ssl_port}"
+
+
+@dataclass(frozen=True)
+class SecurityFiles:
+    """Where a secure cluster keeps its CA, certificates and secrets: ``<data-dir>/security``.
+
+    The one declaration of that layout: ``certs.ensure_local_pki`` writes these paths, the
+    brokers' ``server.properties`` and the test fixtures read them. Files holding a key
+    or a password are mode 0600.
+    """
+
+    directory: Path
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def ca_key_file(self) -> Path:
+        return self.directory / "ca.key"
+
+    @property
+    def broker_keystore_file(self) -> Path:
+        """The broker's PKCS#8 key and certificate chain, Kafka's PEM key store."""
+        return self.directory / "broker-keystore.pem"
+
+    @property
+    def client_certfile(self) -> Path:
+        return self.directory / "client.pem"
+
+    @property
+    def client_keyfile(self) -> Path:
+        """The client's PKCS#8 key, encrypted with ``client_key_password_file``'s password."""
+        return self.directory / "client.key"
+
+    @property
+    def client_key_password_file(self) -> Path:
+        return self.directory / "client.key.password"
+
+    @property
+    def password_file(self) -> Path:
+        """The SASL password of ``SASL_USERNAME`` (no trailing newline)."""
+        return self.directory / f"{SASL_USERNAME}.password"
 
 
 @dataclass(frozen=True)
@@ -124,11 +208,38 @@ class KafkaCluster:
     version: str
     data_dir: str
     nodes: tuple[KafkaNode, ...]
+    security: Security = "plaintext"
 
     @property
     def bootstrap(self) -> str:
         """Comma-joined client addresses, e.g. ``127.0.0.1:9092``."""
         return ",".join(node.address for node in self.nodes)
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """Comma-joined SASL_SSL addresses, e.g. ``127.0.0.1:9292`` (secure clusters only)."""
+        self._require_security("sasl_ssl_bootstrap")
+        return ",".join(node.sasl_ssl_address for node in self.nodes)
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """Comma-joined mTLS (SSL) addresses, e.g. ``127.0.0.1:9392`` (secure clusters only)."""
+        self._require_security("ssl_bootstrap")
+        return ",".join(node.ssl_address for node in self.nodes)
+
+    @property
+    def security_dir(self) -> Path | None:
+        """The dir of the CA, certificates and passwords; None for a plaintext cluster."""
+        if self.security == "plaintext":
+            return None
+        return Path(self.data_dir) / SECURITY_DIR
+
+    def _require_security(self, what: str) -> None:
+        if self.security == "plaintext":
+            raise KafkactlError(
+                f"the cluster at {self.data_dir} has no {what}: it runs plaintext only; "
+                "start it with --security sasl_ssl"
+            )
 
     def node(self, node_id: int) -> KafkaNode:
         """The node with ``node_id``; KafkactlError naming the known ids if there is none."""
@@ -249,9 +360,23 @@ def new_cluster_id() -> str:
 
 
 def server_properties(
-    *, node_id: int, ports: Sequence[int], controller_ports: Sequence[int], log_dir: Path
+    *,
+    node_id: int,
+    ports: Sequence[int],
+    controller_ports: Sequence[int],
+    log_dir: Path,
+    security: Security = "plaintext",
+    sasl_ssl_ports: Sequence[int] = (),
+    ssl_ports: Sequence[int] = (),
+    security_files: SecurityFiles | None = None,
+    sasl_password: str | None = None,
 ) -> str:
-    """A combined broker+controller node of a ``len(ports)``-node KRaft cluster."""
+    """A combined broker+controller node of a ``len(ports)``-node KRaft cluster.
+
+    With ``security="sasl_ssl"`` the node also gets the SASL_SSL and SSL listeners on
+    its ``sasl_ssl_ports``/``ssl_ports`` entries (see ``_secure_settings``); without it the
+    file is exactly what it always was.
+    """
     port = ports[node_id - 1]
     controller_port = controller_ports[node_id - 1]
     voters = ",".join(f"{i}@{HOST}:{p}" for i, p in enumerate(controller_ports, start=1))
@@ -292,7 +417,51 @@ def server_properties(
         "broker.heartbeat.interval.ms": BROKER_HEARTBEAT_INTERVAL_MS,
         "broker.session.timeout.ms": BROKER_SESSION_TIMEOUT_MS,
     }
+    if security != "plaintext":
+        if security_files is None or sasl_password is None:
+            raise KafkactlError(f"--security {security} needs the security files and a password")
+        if len(sasl_ssl_ports) != len(ports) or len(ssl_ports) != len(ports):
+            raise KafkactlError(f"need {len(ports)} SASL_SSL ports and {len(ports)} SSL ports")
+        sasl_ssl = f"SASL_SSL://{HOST}:{sasl_ssl_ports[node_id - 1]}"
+        mtls = f"SSL://{HOST}:{ssl_ports[node_id - 1]}"
+        settings["listeners"] = f"{settings['listeners']},{sasl_ssl},{mtls}"
+        settings["advertised.listeners"] = f"{settings['advertised.listeners']},{sasl_ssl},{mtls}"
+        settings["listener.security.protocol.map"] = (
+            f"{settings['listener.security.protocol.map']},SASL_SSL:SASL_SSL,SSL:SSL"
+        )
+        settings |= _secure_settings(security_files, sasl_password)
     return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def _secure_settings(files: SecurityFiles, sasl_password: str) -> dict[str, str]:
+    """TLS for both secure listeners, SASL for SASL_SSL, a client certificate for SSL.
+
+    Inter-broker and controller traffic stay on the PLAINTEXT listeners (loopback only),
+    so no broker needs credentials of its own. The key store is Kafka's PEM type: one
+    file with the unencrypted PKCS#8 key and the chain, which Kafka 4 reads without any
+    ``ssl.key.password``, so no key password sits in this file. No authorizer runs: an
+    authenticated client may do anything, as on the PLAINTEXT listener.
+    """
+    scram_module = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    plain_module = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    settings = {
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(files.broker_keystore_file),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(files.ca_file),
+        # For the mTLS listener only: SASL_SSL clients authenticate with a password.
+        "listener.name.ssl.ssl.client.auth": "required",
+        "sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+    }
+    # SCRAM checks against the credentials written at format time (``--add-scram``);
+    # PLAIN has no store of its own, so its one user is listed in its JAAS config.
+    for mechanism in SCRAM_MECHANISMS:
+        key = f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"
+        settings[key] = f"{scram_module} required;"
+    settings["listener.name.sasl_ssl.plain.sasl.jaas.config"] = (
+        f'{plain_module} required user_{SASL_USERNAME}="{sasl_password}";'
+    )
+    return settings
 
 
 def log4j2_config(log_file: Path) -> str:
@@ -352,7 +521,12 @@ def _read_state(data_dir: Path) -> KafkaCluster | None:
     except (OSError, ValueError):
         return None
     nodes = tuple(KafkaNode(**node) for node in raw["nodes"])
-    return KafkaCluster(version=raw["version"], data_dir=raw["data_dir"], nodes=nodes)
+    return KafkaCluster(
+        version=raw["version"],
+        data_dir=raw["data_dir"],
+        nodes=nodes,
+        security=raw.get("security", "plaintext"),  # state files from before security
+    )
 
 
 def _write_state(cluster: KafkaCluster) -> None:
@@ -576,7 +750,7 @@ def start_node(
         )
     # A node killed from elsewhere (kill -9) may hold its ports for a moment longer.
     deadline = time.monotonic() + PORT_RELEASE_SECONDS
-    while taken := [p for p in (node.port, node.controller_port) if _port_in_use(p)]:
+    while taken := [p for p in _node_ports(node) if _port_in_use(p)]:
         if time.monotonic() > deadline:
             raise KafkactlError(
                 f"port {taken[0]} of node {node_id} is in use by another process; "
@@ -594,6 +768,12 @@ def start_node(
     return cluster
 
 
+def _node_ports(node: KafkaNode) -> list[int]:
+    """Every port ``node`` listens on (0 stands for a listener it does not have)."""
+    ports = (node.port, node.controller_port, node.sasl_ssl_port, node.ssl_port)
+    return [port for port in ports if port]
+
+
 def start(
     *,
     nodes: int = 1,
@@ -604,6 +784,9 @@ def start(
     data_dir: Path = DEFAULT_DATA_DIR,
     timeout: float = DEFAULT_START_TIMEOUT,
     heap: str = "512m",
+    security: Security = "plaintext",
+    sasl_ssl_ports: Sequence[int] | None = None,
+    ssl_ports: Sequence[int] | None = None,
 ) -> KafkaCluster:
     """Start ``nodes`` KRaft nodes (or reuse them if running) and wait until they serve.
 
@@ -612,12 +795,26 @@ def start(
     A data dir that held a cluster before keeps its cluster id and data: started on the
     same ports again, the cluster has its topics and committed offsets back. Any node
     still running from a partly stopped cluster is stopped first.
+
+    ``security="sasl_ssl"`` adds the SASL_SSL and mTLS listeners (module docstring) on
+    ``sasl_ssl_ports``/``ssl_ports``, by default ``port + 200 + i`` and ``port + 300 + i``,
+    and returns once both answer a TLS handshake too. A data dir keeps the security it
+    was first formatted with.
     """
     if nodes not in (1, 3):
         raise KafkactlError(f"--nodes must be 1 or 3, got {nodes}")
+    if security not in SECURITY_MODES:
+        raise KafkactlError(
+            f"--security must be one of {', '.join(SECURITY_MODES)}, got {security!r}"
+        )
     data_dir = Path(data_dir).resolve()
     running = status(data_dir)
     if running is not None:
+        if running.security != security:
+            raise KafkactlError(
+                f"a {running.security} cluster already runs from {data_dir}; "
+                f"stop it first (`kafkactl stop`) or start with --security {running.security}"
+            )
         return running
     stop(data_dir)  # a half-dead cluster from before: clear it out
 
@@ -629,36 +826,55 @@ def start(
     )
     if len(ports) != nodes or len(controller_ports) != nodes:
         raise KafkactlError(f"need {nodes} client ports and {nodes} controller ports")
-    for candidate in [*ports, *controller_ports]:
+    if security == "plaintext":
+        sasl_ssl_ports, ssl_ports = [], []
+    else:
+        sasl_ssl_ports, ssl_ports = _secure_ports(nodes, port, sasl_ssl_ports, ssl_ports)
+    for candidate in [*ports, *controller_ports, *sasl_ssl_ports, *ssl_ports]:
         if _port_in_use(candidate):
             raise KafkactlError(
                 f"port {candidate} is already in use by another process; "
                 "stop it or pick other ports with --port"
             )
 
+    # Before any JVM: a data dir of the other security fails here, with what to do.
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cluster_id = _cluster_id_for(data_dir, nodes, security)
+    node_dirs = [data_dir / f"node-{node_id}" for node_id in range(1, nodes + 1)]
+    # A restart finds its dirs formatted; skipping them saves a JVM start per node.
+    unformatted = [d for d in node_dirs if not (d / "data" / "meta.properties").exists()]
+    files: SecurityFiles | None = None
+    sasl_password: str | None = None
+    if security == "sasl_ssl":
+        files = SecurityFiles(data_dir / SECURITY_DIR)
+        _certs_module().ensure_local_pki(files)
+        sasl_password = _sasl_password(files, formatted=len(unformatted) < nodes)
+
     java = require_java()
     version = kafka_version()
     libs = fetch(version)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cluster_id = _cluster_id_for(data_dir, nodes)
 
-    node_dirs = []
-    for node_id in range(1, nodes + 1):
-        node_dir = data_dir / f"node-{node_id}"
+    for node_id, node_dir in enumerate(node_dirs, start=1):
         node_dir.mkdir(exist_ok=True)
         properties = server_properties(
             node_id=node_id,
             ports=ports,
             controller_ports=controller_ports,
             log_dir=node_dir / "data",
+            security=security,
+            sasl_ssl_ports=sasl_ssl_ports,
+            ssl_ports=ssl_ports,
+            security_files=files,
+            sasl_password=sasl_password,
         )
-        (node_dir / "server.properties").write_text(properties)
+        if sasl_password is None:
+            (node_dir / "server.properties").write_text(properties)
+        else:
+            _write_secret(node_dir / "server.properties", properties)  # PLAIN's JAAS password
         (node_dir / "log4j2.xml").write_text(log4j2_config(node_dir / "server.log"))
-        node_dirs.append(node_dir)
 
-    # A restart finds its dirs formatted; skipping them saves a JVM start per node.
-    unformatted = [d for d in node_dirs if not (d / "data" / "meta.properties").exists()]
-    _format_storage(java, libs, cluster_id, unformatted)
+    scram = None if sasl_password is None else (SASL_USERNAME, sasl_password)
+    _format_storage(java, libs, cluster_id, unformatted, scram=scram)
 
     started = [
         KafkaNode(
@@ -667,10 +883,14 @@ def start(
             controller_port=controller_ports[node_id - 1],
             pid=_launch_node(java, libs, node_dir, heap),
             log=str(node_dir / "server.log"),
+            sasl_ssl_port=sasl_ssl_ports[node_id - 1] if sasl_ssl_ports else 0,
+            ssl_port=ssl_ports[node_id - 1] if ssl_ports else 0,
         )
         for node_id, node_dir in enumerate(node_dirs, start=1)
     ]
-    cluster = KafkaCluster(version=version, data_dir=str(data_dir), nodes=tuple(started))
+    cluster = KafkaCluster(
+        version=version, data_dir=str(data_dir), nodes=tuple(started), security=security
+    )
     _write_state(cluster)  # before waiting, so `stop` can clean up whatever happens next
 
     try:
@@ -679,6 +899,69 @@ def start(
         stop(data_dir, grace=5)
         raise
     return cluster
+
+
+def _secure_ports(
+    nodes: int, port: int, sasl_ssl_ports: Sequence[int] | None, ssl_ports: Sequence[int] | None
+) -> tuple[list[int], list[int]]:
+    """The SASL_SSL and SSL ports of every node: as given, else ``port + 200/300 + i``."""
+    sasl_ssl = list(sasl_ssl_ports or [port + SASL_SSL_PORT_OFFSET + i for i in range(nodes)])
+    mtls = list(ssl_ports or [port + SSL_PORT_OFFSET + i for i in range(nodes)])
+    if len(sasl_ssl) != nodes or len(mtls) != nodes:
+        raise KafkactlError(f"need {nodes} SASL_SSL ports and {nodes} SSL ports")
+    if out_of_range := [p for p in (*sasl_ssl, *mtls) if not 0 < p < 65536]:
+        raise KafkactlError(
+            f"port {out_of_range[0]} is out of range; pick a lower --port "
+            f"(SASL_SSL and SSL listen on --port + {SASL_SSL_PORT_OFFSET} and "
+            f"+ {SSL_PORT_OFFSET})"
+        )
+    return sasl_ssl, mtls
+
+
+def _certs_module() -> ModuleType:
+    """``certs.py`` beside this file, imported only when security is asked for.
+
+    It needs ``cryptography``, which only the uv environment has: the plaintext broker
+    must keep starting from a bare ``python3``.
+    """
+    try:
+        import certs
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("cryptography"):
+            raise
+        raise KafkactlError(
+            "--security sasl_ssl makes certificates with the `cryptography` package, which "
+            "this Python lacks; run kafkactl under `uv run` "
+            "(uv run deploy/kafka/kafkactl start --security sasl_ssl)"
+        ) from exc
+    return certs
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write ``path`` readable by its owner only (also when it existed with wider modes)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(text)
+
+
+def _sasl_password(files: SecurityFiles, *, formatted: bool) -> str:
+    """The SASL password of the data dir: made once, then read back on every restart.
+
+    The SCRAM credentials are written only when a node's storage is formatted, and a
+    restart skips formatting, so a new password would lock every client out.
+    """
+    try:
+        return files.password_file.read_text()
+    except FileNotFoundError:
+        if formatted:
+            raise KafkactlError(
+                f"{files.password_file} is gone, but the nodes were formatted with its "
+                "password; restore it, or delete the data dir to start afresh"
+            ) from None
+    password = secrets.token_urlsafe(24)
+    _write_secret(files.password_file, password)
+    return password
 
 
 def _launch_node(java: str, libs: Path, node_dir: Path, heap: str) -> int:
@@ -707,23 +990,50 @@ def _launch_node(java: str, libs: Path, node_dir: Path, heap: str) -> int:
     return process.pid
 
 
-def _cluster_id_for(data_dir: Path, nodes: int) -> str:
-    """The data dir's cluster id, made once: a restart must format with the same id."""
+def _cluster_id_for(data_dir: Path, nodes: int, security: Security = "plaintext") -> str:
+    """The data dir's cluster id, made once: a restart must format with the same id.
+
+    The node count and the security are recorded beside it: a restart with other ones
+    would meet storage formatted for the first (no SCRAM users, or a missing node).
+    """
     path = data_dir / "cluster.json"
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
-        known = {"cluster_id": new_cluster_id(), "nodes": nodes}
+        known = {"cluster_id": new_cluster_id(), "nodes": nodes, "security": security}
         path.write_text(json.dumps(known) + "\n")
     if known["nodes"] != nodes:
         raise KafkactlError(
             f"{data_dir} holds a {known['nodes']}-node cluster, not {nodes}; "
             "pass another --data-dir or delete that one"
         )
+    formatted_with = known.get("security", "plaintext")  # cluster.json from before security
+    if formatted_with != security:
+        raise KafkactlError(
+            f"{data_dir} holds a cluster made with --security {formatted_with}, not {security}; "
+            f"start it with --security {formatted_with}, or pass another --data-dir"
+        )
     return str(known["cluster_id"])
 
 
-def _format_storage(java: str, libs: Path, cluster_id: str, node_dirs: Sequence[Path]) -> None:
+def _format_storage(
+    java: str,
+    libs: Path,
+    cluster_id: str,
+    node_dirs: Sequence[Path],
+    *,
+    scram: tuple[str, str] | None = None,
+) -> None:
+    """Format the nodes' storage, with ``scram`` = (user, password) as SCRAM credentials.
+
+    KRaft takes SCRAM users at format time (``--add-scram``): they are in the metadata
+    log from the first moment, so no client ever races a user being created.
+    """
+    add_scram = []
+    if scram is not None:
+        user, password = scram
+        for mechanism in SCRAM_MECHANISMS:
+            add_scram += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
     # One JVM per node, in parallel: the format is most of a cold start's cost.
     formats = [
         subprocess.Popen(
@@ -740,6 +1050,7 @@ def _format_storage(java: str, libs: Path, cluster_id: str, node_dirs: Sequence[
                 cluster_id,
                 "-c",
                 str(node_dir / "server.properties"),
+                *add_scram,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -751,6 +1062,8 @@ def _format_storage(java: str, libs: Path, cluster_id: str, node_dirs: Sequence[
         output, _ = process.communicate()
         if process.returncode != 0:
             last = (output.strip().splitlines() or ["no output"])[-1]
+            if scram is not None:  # it may quote the --add-scram argument
+                last = last.replace(scram[1], "<password>")
             raise KafkactlError(f"formatting {node_dir} failed: {last}")
 
 
@@ -758,6 +1071,7 @@ def _wait_until_serving(cluster: KafkaCluster, timeout: float) -> None:
     data_dir = Path(cluster.data_dir)
     deadline = time.monotonic() + timeout
     want = {node.node_id for node in cluster.nodes}
+    contexts = _tls_contexts(cluster)
     last_error = "no answer yet"
     while time.monotonic() < deadline:
         for node in cluster.nodes:
@@ -776,8 +1090,12 @@ def _wait_until_serving(cluster: KafkaCluster, timeout: float) -> None:
             last_error = str(exc) or type(exc).__name__
         else:
             if want <= registered:
-                return
-            last_error = f"brokers registered: {sorted(registered)}, want {sorted(want)}"
+                problem = _secure_listener_problem(cluster.nodes, contexts)
+                if problem is None:
+                    return
+                last_error = problem
+            else:
+                last_error = f"brokers registered: {sorted(registered)}, want {sorted(want)}"
         time.sleep(0.2)
     logs = "\n".join(f"--- node {n.node_id}:\n{_log_tail(Path(n.log))}" for n in cluster.nodes)
     raise KafkactlError(
@@ -794,6 +1112,7 @@ def _wait_until_node_serves(cluster: KafkaCluster, node: KafkaNode, timeout: flo
     """
     data_dir = Path(cluster.data_dir)
     deadline = time.monotonic() + timeout
+    contexts = _tls_contexts(cluster)
     last_error = "no answer yet"
     while time.monotonic() < deadline:
         if not _pid_is_node(node.pid, data_dir):
@@ -816,13 +1135,60 @@ def _wait_until_node_serves(cluster: KafkaCluster, node: KafkaNode, timeout: flo
             last_error = str(exc) or type(exc).__name__
         else:
             if not unaware:
-                return
-            last_error = f"node {node.node_id} not yet registered as seen by node(s) {unaware}"
+                problem = _secure_listener_problem([node], contexts)
+                if problem is None:
+                    return
+                last_error = problem
+            else:
+                last_error = f"node {node.node_id} not yet registered as seen by node(s) {unaware}"
         time.sleep(0.1)
     raise KafkactlError(
         f"Kafka node {node.node_id} at {node.address} not serving after {timeout:.0f} s "
         f"({last_error}); log tail:\n{_log_tail(Path(node.log))}"
     )
+
+
+def _tls_contexts(cluster: KafkaCluster) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
+    """Client contexts for the SASL_SSL and the mTLS listener (None: plaintext cluster).
+
+    Both verify the broker against the cluster's CA and host name, as a client would;
+    the second presents the cluster's client certificate.
+    """
+    if cluster.security_dir is None:
+        return None
+    files = SecurityFiles(cluster.security_dir)
+    server_only = ssl.create_default_context(cafile=files.ca_file)
+    mutual = ssl.create_default_context(cafile=files.ca_file)
+    mutual.load_cert_chain(
+        files.client_certfile,
+        files.client_keyfile,
+        password=files.client_key_password_file.read_text(),
+    )
+    return server_only, mutual
+
+
+def _secure_listener_problem(
+    nodes: Sequence[KafkaNode], contexts: tuple[ssl.SSLContext, ssl.SSLContext] | None
+) -> str | None:
+    """None once each node's SASL_SSL and SSL listener completes a TLS handshake.
+
+    A broker that answers on PLAINTEXT has opened its other listeners too, but a key
+    store Kafka cannot use shows only here; so `start` proves the listeners it reports.
+    """
+    if contexts is None:
+        return None
+    server_only, mutual = contexts
+    for node in nodes:
+        for port, context in ((node.sasl_ssl_port, server_only), (node.ssl_port, mutual)):
+            try:
+                with (
+                    socket.create_connection((HOST, port), timeout=1.0) as raw,
+                    context.wrap_socket(raw, server_hostname=HOST),
+                ):
+                    pass
+            except OSError as exc:  # ssl.SSLError too
+                return f"no TLS handshake with node {node.node_id} on port {port}: {exc}"
+    return None
 
 
 def _log_tail(log: Path, lines: int = 25) -> str:
@@ -1063,12 +1429,29 @@ def _cmd_start(args: argparse.Namespace) -> int:
         controller_port=args.controller_port,
         data_dir=args.data_dir,
         timeout=args.timeout,
+        security=args.security,
     )
     took = time.monotonic() - started
     pids = " ".join(str(node.pid) for node in cluster.nodes)
     print(f"kafkactl: Kafka {cluster.version} up (pids {pids}) in {took:.1f} s", file=sys.stderr)
+    for line in _security_lines(cluster):
+        print(f"kafkactl: {line}", file=sys.stderr)
     print(cluster.bootstrap)
     return 0
+
+
+def _security_lines(cluster: KafkaCluster) -> list[str]:
+    """What a client of a secure cluster needs to know: addresses, user, where the files are."""
+    if cluster.security_dir is None:
+        return []
+    files = SecurityFiles(cluster.security_dir)
+    return [
+        f"SASL_SSL {cluster.sasl_ssl_bootstrap} ({', '.join(SASL_MECHANISMS)}; "
+        f"user {SASL_USERNAME}, password in {files.password_file.name})",
+        f"SSL {cluster.ssl_bootstrap} (mTLS: client certificate {files.client_certfile.name}, "
+        f"key {files.client_keyfile.name}, its password in {files.client_key_password_file.name})",
+        f"security dir {cluster.security_dir} (CA {files.ca_file.name})",
+    ]
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
@@ -1094,6 +1477,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"  node {node.node_id}: {node.address} "
             f"(controller {HOST}:{node.controller_port}) {process} log {node.log}"
         )
+    for line in _security_lines(cluster):
+        print(f"  {line}")
     print(cluster.bootstrap)
     # Scripts wait for "all up" (the meaning of `status()`): a degraded cluster is not.
     return 0 if not down else EXIT_NOT_RUNNING
@@ -1198,6 +1583,8 @@ EXAMPLES = """examples:
   kafkactl topic create sensor-data --partitions 12
   kafkactl stop && kafkactl start --nodes 3
                                         a restart: topics and committed offsets survive
+  uv run deploy/kafka/kafkactl start --security sasl_ssl
+                                        also SASL_SSL on 9292 and mTLS on 9392
 """
 
 
@@ -1228,6 +1615,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--controller-port", type=int, help="controller port of node 1 (default: --port + 100)"
     )
     start_cmd.add_argument("--timeout", type=float, default=DEFAULT_START_TIMEOUT)
+    start_cmd.add_argument(
+        "--security",
+        choices=SECURITY_MODES,
+        default="plaintext",
+        help="sasl_ssl adds, beside PLAINTEXT, a SASL_SSL listener (SCRAM-SHA-512/256, PLAIN; "
+        f"on --port + {SASL_SSL_PORT_OFFSET}) and an mTLS SSL listener (on --port + "
+        f"{SSL_PORT_OFFSET}), with a CA and certificates made in <data-dir>/{SECURITY_DIR}; "
+        "needs `uv run` (cryptography). A data dir keeps the security it was made with. "
+        "(default plaintext)",
+    )
 
     commands.add_parser("stop", parents=[data_dir], help="stop the nodes (idempotent)")
     commands.add_parser("status", parents=[data_dir], help="exit 0 if running, 3 if not")

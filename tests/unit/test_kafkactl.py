@@ -1,4 +1,5 @@
-"""kafkactl's logic that needs no JVM: config, ports, state and the protocol probe.
+"""kafkactl's logic that needs no JVM: config, ports, state, the protocol probe, and the
+certificates of ``certs.py`` (checked with in-memory TLS handshakes of Python's ``ssl``).
 
 Node control is tested against stand-in processes whose command line looks like a
 broker's (``kafka.Kafka <data-dir>/node-N/server.properties``), so no Java runs.
@@ -6,7 +7,11 @@ broker's (``kafka.Kafka <data-dir>/node-N/server.properties``), so no Java runs.
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -14,9 +19,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import certs
 import kafkactl
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 
 @pytest.fixture
@@ -147,6 +156,115 @@ class TestServerProperties:
         )
 
         assert "replica.lag.time.max.ms" not in props
+
+
+SECURE_FILES = kafkactl.SecurityFiles(Path("/data/security"))
+
+
+def _secure_properties(node_id: int, nodes: int, **overrides: object) -> dict[str, str]:
+    arguments: dict[str, object] = {
+        "node_id": node_id,
+        "ports": [9092 + i for i in range(nodes)],
+        "controller_ports": [9192 + i for i in range(nodes)],
+        "log_dir": Path("/data/node/data"),
+        "security": "sasl_ssl",
+        "sasl_ssl_ports": [9292 + i for i in range(nodes)],
+        "ssl_ports": [9392 + i for i in range(nodes)],
+        "security_files": SECURE_FILES,
+        "sasl_password": "s3cret",
+    } | overrides
+    return _properties(kafkactl.server_properties(**arguments))  # type: ignore[arg-type]
+
+
+class TestSecureServerProperties:
+    @pytest.mark.parametrize(("node_id", "nodes"), [(1, 1), (2, 3)])
+    def test_each_node_adds_its_own_sasl_ssl_and_ssl_listeners(
+        self, node_id: int, nodes: int
+    ) -> None:
+        """PLAINTEXT and CONTROLLER stay; SASL_SSL (+200) and SSL (+300) join, advertised."""
+        props = _secure_properties(node_id, nodes)
+
+        i = node_id - 1
+        assert (
+            f"PLAINTEXT://127.0.0.1:{9092 + i},CONTROLLER://127.0.0.1:{9192 + i},"
+            f"SASL_SSL://127.0.0.1:{9292 + i},SSL://127.0.0.1:{9392 + i}"
+        ) == props["listeners"]
+        assert (
+            f"PLAINTEXT://127.0.0.1:{9092 + i},SASL_SSL://127.0.0.1:{9292 + i},"
+            f"SSL://127.0.0.1:{9392 + i}"
+        ) == props["advertised.listeners"]
+        assert (
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL"
+            == props["listener.security.protocol.map"]
+        )
+
+    @pytest.mark.parametrize("nodes", [1, 3])
+    def test_brokers_and_controllers_talk_plaintext(self, nodes: int) -> None:
+        """Inter-broker and controller traffic stay on the loopback PLAINTEXT listeners."""
+        props = _secure_properties(1, nodes)
+
+        assert ("PLAINTEXT", "CONTROLLER") == (
+            props["inter.broker.listener.name"],
+            props["controller.listener.names"],
+        )
+        assert "sasl.mechanism.inter.broker.protocol" not in props
+
+    def test_client_certificates_are_required_on_the_ssl_listener_only(self) -> None:
+        """ssl.client.auth=required for listener SSL; SASL_SSL clients show no certificate."""
+        props = _secure_properties(1, 1)
+
+        assert "required" == props["listener.name.ssl.ssl.client.auth"]
+        assert [] == [
+            key for key in props if key.endswith("ssl.client.auth") and "name.ssl." not in key
+        ]
+
+    def test_sasl_ssl_offers_scram_and_plain(self) -> None:
+        """Both SCRAMs and PLAIN are enabled, each with its JAAS config on the SASL_SSL listener."""
+        props = _secure_properties(1, 1)
+
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        assert "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN" == props["sasl.enabled.mechanisms"]
+        assert scram == props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+        assert scram == props["listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config"]
+        assert (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            'user_sensorstream="s3cret";'
+        ) == props["listener.name.sasl_ssl.plain.sasl.jaas.config"]
+
+    def test_tls_reads_pem_stores_without_a_key_password(self) -> None:
+        """The broker's key store and trust store are PEM files of the security dir."""
+        props = _secure_properties(1, 1)
+
+        assert ("PEM", "/data/security/broker-keystore.pem") == (
+            props["ssl.keystore.type"],
+            props["ssl.keystore.location"],
+        )
+        assert ("PEM", "/data/security/ca.pem") == (
+            props["ssl.truststore.type"],
+            props["ssl.truststore.location"],
+        )
+        assert not {"ssl.key.password", "ssl.keystore.password"} & props.keys()
+
+    def test_plaintext_is_exactly_what_it_was(self) -> None:
+        """security="plaintext" writes what no security argument writes: no TLS, no SASL."""
+        common: dict[str, Any] = {
+            "node_id": 1,
+            "ports": [9092],
+            "controller_ports": [9192],
+            "log_dir": Path("/d"),
+        }
+
+        plain = kafkactl.server_properties(**common, security="plaintext")
+
+        assert kafkactl.server_properties(**common) == plain
+        assert [] == [line for line in plain.splitlines() if "ssl" in line or "sasl" in line]
+
+    def test_security_needs_files_password_and_every_port(self) -> None:
+        """A secure node without its files, password or a port per node is refused."""
+        with pytest.raises(kafkactl.KafkactlError, match="security files"):
+            _secure_properties(1, 1, sasl_password=None)
+        with pytest.raises(kafkactl.KafkactlError, match="need 3 SASL_SSL ports"):
+            _secure_properties(1, 3, ssl_ports=[9392])
 
 
 class TestClusterId:
@@ -560,3 +678,387 @@ class TestProbeParsing:
         body += struct.pack(">ih", 2, 9) + b"127.0.0.1" + struct.pack(">ih", 9093, 2) + b"r2"
 
         assert [1, 2] == kafkactl.parse_metadata_brokers(body)
+
+
+class TestSecurityRecord:
+    def test_cluster_json_records_the_security(self, tmp_path: Path) -> None:
+        """The first start writes the security beside the cluster id and node count."""
+        kafkactl._cluster_id_for(tmp_path, 3, "sasl_ssl")
+
+        recorded = json.loads((tmp_path / "cluster.json").read_text())
+        assert (3, "sasl_ssl") == (recorded["nodes"], recorded["security"])
+
+    @pytest.mark.parametrize(
+        ("made_with", "started_with"), [("plaintext", "sasl_ssl"), ("sasl_ssl", "plaintext")]
+    )
+    def test_a_data_dir_keeps_its_security(
+        self, tmp_path: Path, made_with: kafkactl.Security, started_with: kafkactl.Security
+    ) -> None:
+        """Starting a data dir with the other security fails, saying which, before any JVM."""
+        kafkactl._cluster_id_for(tmp_path, 1, made_with)
+        ports = kafkactl.stable_free_ports(4)
+
+        with pytest.raises(
+            kafkactl.KafkactlError,
+            match=f"made with --security {made_with}, not {started_with}; "
+            f"start it with --security {made_with}",
+        ):
+            kafkactl.start(
+                ports=ports[:1],
+                controller_ports=ports[1:2],
+                sasl_ssl_ports=ports[2:3],
+                ssl_ports=ports[3:],
+                security=started_with,
+                data_dir=tmp_path,
+            )
+
+    def test_cluster_json_from_before_security_is_plaintext(self, tmp_path: Path) -> None:
+        """A cluster.json without "security" was made plaintext, and refuses sasl_ssl."""
+        (tmp_path / "cluster.json").write_text('{"cluster_id": "abc", "nodes": 1}\n')
+
+        assert "abc" == kafkactl._cluster_id_for(tmp_path, 1, "plaintext")
+        with pytest.raises(kafkactl.KafkactlError, match="--security plaintext, not sasl_ssl"):
+            kafkactl._cluster_id_for(tmp_path, 1, "sasl_ssl")
+
+    def test_a_running_cluster_of_the_other_security_is_not_reused(
+        self, tmp_path: Path, three_nodes: kafkactl.KafkaCluster
+    ) -> None:
+        """start(security="sasl_ssl") on a running plaintext cluster says to stop it first."""
+        with pytest.raises(kafkactl.KafkactlError, match="plaintext cluster already runs"):
+            kafkactl.start(nodes=3, security="sasl_ssl", data_dir=tmp_path)
+
+    def test_state_file_from_before_security_loads(self, tmp_path: Path) -> None:
+        """Nodes without secure ports read as port 0, the cluster as plaintext."""
+        node = {"node_id": 1, "port": 1, "controller_port": 2, "pid": 0, "log": "x"}
+        state = {"version": "4.1.1", "data_dir": str(tmp_path), "nodes": [node]}
+        (tmp_path / kafkactl.STATE_FILE).write_text(json.dumps(state))
+
+        cluster = kafkactl.recorded(tmp_path)
+
+        assert cluster is not None
+        assert ("plaintext", None) == (cluster.security, cluster.security_dir)
+        assert (0, 0) == (cluster.nodes[0].sasl_ssl_port, cluster.nodes[0].ssl_port)
+
+    def test_a_plaintext_cluster_has_no_secure_bootstrap(self, tmp_path: Path) -> None:
+        """Asking a plaintext cluster for its SASL_SSL addresses says how to get them."""
+        cluster = _record(tmp_path, [0])
+
+        with pytest.raises(kafkactl.KafkactlError, match="--security sasl_ssl"):
+            _ = cluster.sasl_ssl_bootstrap
+
+
+class TestSecurePorts:
+    def test_default_to_port_plus_200_and_300(self) -> None:
+        """Node i's SASL_SSL port is --port + 200 + i, its SSL port --port + 300 + i."""
+        assert ([9292, 9293, 9294], [9392, 9393, 9394]) == kafkactl._secure_ports(
+            3, 9092, None, None
+        )
+
+    def test_explicit_lists_win(self) -> None:
+        """Given lists are used as they are (the fixtures pass free ports)."""
+        assert ([7], [8]) == kafkactl._secure_ports(1, 9092, [7], [8])
+
+    def test_past_65535_is_refused(self) -> None:
+        """--port 65300 would put SSL past the last port: refused with what to change."""
+        with pytest.raises(kafkactl.KafkactlError, match="port 65600 is out of range"):
+            kafkactl._secure_ports(1, 65300, None, None)
+
+    def test_a_taken_secure_port_is_named(self, tmp_path: Path, busy_port: int) -> None:
+        """A SASL_SSL port in use fails fast with a message naming it."""
+        ports = kafkactl.stable_free_ports(3)
+
+        with pytest.raises(kafkactl.KafkactlError, match=f"port {busy_port} is already in use"):
+            kafkactl.start(
+                ports=ports[:1],
+                controller_ports=ports[1:2],
+                sasl_ssl_ports=[busy_port],
+                ssl_ports=ports[2:],
+                security="sasl_ssl",
+                data_dir=tmp_path,
+            )
+
+
+class TestSaslPassword:
+    def test_made_once_owner_only_without_newline(self, tmp_path: Path) -> None:
+        """The first call makes a random password (0600, no newline); later calls read it."""
+        files = kafkactl.SecurityFiles(tmp_path)
+
+        first = kafkactl._sasl_password(files, formatted=False)
+        again = kafkactl._sasl_password(files, formatted=True)
+
+        assert first == again == files.password_file.read_text()
+        assert len(first) >= 24
+        assert not first.endswith("\n")
+        assert 0o600 == files.password_file.stat().st_mode & 0o777
+
+    def test_lost_after_formatting_is_an_error(self, tmp_path: Path) -> None:
+        """Formatted nodes hold SCRAM credentials for the old password: no silent new one."""
+        files = kafkactl.SecurityFiles(tmp_path)
+
+        with pytest.raises(kafkactl.KafkactlError, match="restore it, or delete the data dir"):
+            kafkactl._sasl_password(files, formatted=True)
+        assert not files.password_file.exists()
+
+
+class TestSecureCommands:
+    def test_status_shows_the_secure_listeners(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A secure cluster's status names its SASL_SSL and SSL addresses and the security dir."""
+        broker = _fake_broker(tmp_path, 1)
+        try:
+            data_dir = tmp_path.resolve()
+            node = kafkactl.KafkaNode(
+                node_id=1,
+                port=19092,
+                controller_port=19192,
+                pid=broker.pid,
+                log=str(data_dir / "node-1" / "server.log"),
+                sasl_ssl_port=19292,
+                ssl_port=19392,
+            )
+            kafkactl._write_state(
+                kafkactl.KafkaCluster(
+                    version="4.1.1", data_dir=str(data_dir), nodes=(node,), security="sasl_ssl"
+                )
+            )
+
+            exit_code = kafkactl.main(["status", "--data-dir", str(tmp_path)])
+        finally:
+            broker.kill()
+            broker.wait()
+
+        lines = capsys.readouterr().out.splitlines()
+        assert 0 == exit_code
+        assert any(line.strip().startswith("SASL_SSL 127.0.0.1:19292 (") for line in lines)
+        assert any(line.strip().startswith("SSL 127.0.0.1:19392 (mTLS") for line in lines)
+        assert any(f"security dir {data_dir / 'security'}" in line for line in lines)
+        assert "127.0.0.1:19092" == lines[-1]  # scripts read the PLAINTEXT bootstrap last
+
+    def test_start_help_offers_the_security_modes(self) -> None:
+        """`kafkactl start --security` takes plaintext or sasl_ssl, plaintext by default."""
+        args = kafkactl.build_parser().parse_args(["start"])
+
+        assert "plaintext" == args.security
+        assert (
+            "sasl_ssl"
+            == kafkactl.build_parser().parse_args(["start", "--security", "sasl_ssl"]).security
+        )
+        with pytest.raises(SystemExit):
+            kafkactl.build_parser().parse_args(["start", "--security", "ssl"])
+
+
+def _handshake(
+    server: ssl.SSLContext, client: ssl.SSLContext, server_hostname: str = "127.0.0.1"
+) -> None:
+    """A TLS handshake between two contexts in memory; the failing side's SSLError escapes."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_side = server.wrap_bio(to_server, to_client, server_side=True)
+    client_side = client.wrap_bio(to_client, to_server, server_hostname=server_hostname)
+    # Each side reads from one BIO and writes into the other's; a few rounds finish TLS 1.3.
+    for _ in range(10):
+        finished = 0
+        for side in (client_side, server_side):
+            try:
+                side.do_handshake()
+                finished += 1
+            except ssl.SSLWantReadError:
+                pass
+        if finished == 2:
+            return
+    raise AssertionError("the handshake did not finish")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> kafkactl.SecurityFiles:
+    """A secure data dir's CA, broker key store and client certificate, made once."""
+    files = kafkactl.SecurityFiles(tmp_path_factory.mktemp("data") / kafkactl.SECURITY_DIR)
+    assert certs.ensure_local_pki(files) is True
+    return files
+
+
+def _server_context(keystore: Path, *, trust: Path | None = None) -> ssl.SSLContext:
+    """The broker's side, from its PEM key store (requiring client certificates if ``trust``)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(keystore)
+    if trust is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(trust)
+    return context
+
+
+def _client_context(files: kafkactl.SecurityFiles) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=files.ca_file)
+
+
+class TestCertificates:
+    def test_the_ca_is_a_ca_and_signs_the_broker(self, pki: kafkactl.SecurityFiles) -> None:
+        """ca.pem is a self-signed CA; the key store's leaf is issued by it, chain included."""
+        ca = x509.load_pem_x509_certificate(pki.ca_file.read_bytes())
+        chain = x509.load_pem_x509_certificates(pki.broker_keystore_file.read_bytes())
+
+        assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        ca.verify_directly_issued_by(ca)
+        chain[0].verify_directly_issued_by(ca)
+        assert [ca] == chain[1:]
+
+    def test_the_broker_certificate_names_localhost_and_127_0_0_1(
+        self, pki: kafkactl.SecurityFiles
+    ) -> None:
+        """The broker certificate's SANs are DNS:localhost and IP:127.0.0.1, for servers."""
+        broker = x509.load_pem_x509_certificates(pki.broker_keystore_file.read_bytes())[0]
+        sans = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+
+        assert ["localhost"] == sans.get_values_for_type(x509.DNSName)
+        assert ["127.0.0.1"] == [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+        assert [ExtendedKeyUsageOID.SERVER_AUTH] == list(
+            broker.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        )
+
+    @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+    def test_clients_verify_the_broker_by_its_names(
+        self, pki: kafkactl.SecurityFiles, host: str
+    ) -> None:
+        """A client trusting ca.pem completes a handshake with the key store, host checked."""
+        _handshake(_server_context(pki.broker_keystore_file), _client_context(pki), host)
+
+    def test_any_other_host_name_fails_verification(self, pki: kafkactl.SecurityFiles) -> None:
+        """127.0.0.2 is not in the SANs: the client refuses the broker."""
+        with pytest.raises(ssl.SSLCertVerificationError, match="IP address mismatch"):
+            _handshake(_server_context(pki.broker_keystore_file), _client_context(pki), "127.0.0.2")
+
+    def test_the_broker_key_is_unencrypted_pkcs8(self, pki: kafkactl.SecurityFiles) -> None:
+        """Kafka's PEM key store reads the key without ssl.key.password: plain PKCS#8."""
+        text = pki.broker_keystore_file.read_text()
+
+        assert 1 == text.count("-----BEGIN PRIVATE KEY-----")
+        assert 2 == text.count("-----BEGIN CERTIFICATE-----")
+
+    def test_the_client_certificate_is_for_clients_and_valid_now(
+        self, pki: kafkactl.SecurityFiles
+    ) -> None:
+        """client.pem is signed by the CA, for clientAuth, and valid now."""
+        ca = x509.load_pem_x509_certificate(pki.ca_file.read_bytes())
+        client = x509.load_pem_x509_certificate(pki.client_certfile.read_bytes())
+        now = datetime.datetime.now(datetime.UTC)
+
+        client.verify_directly_issued_by(ca)
+        assert [ExtendedKeyUsageOID.CLIENT_AUTH] == list(
+            client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        )
+        assert client.not_valid_before_utc < now < client.not_valid_after_utc
+
+    def test_the_client_key_loads_with_its_password_only(self, pki: kafkactl.SecurityFiles) -> None:
+        """The client key is encrypted PKCS#8: ssl loads it with client.key.password only."""
+        password = pki.client_key_password_file.read_text()
+        context = ssl.create_default_context(cafile=pki.ca_file)
+
+        assert pki.client_keyfile.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        assert not password.endswith("\n")
+        context.load_cert_chain(pki.client_certfile, pki.client_keyfile, password=password)
+        with pytest.raises(ssl.SSLError):
+            context.load_cert_chain(pki.client_certfile, pki.client_keyfile, password="wrong")
+
+    def test_the_client_certificate_passes_mutual_tls(self, pki: kafkactl.SecurityFiles) -> None:
+        """A server that requires certificates from the CA accepts the client's."""
+        client = _client_context(pki)
+        client.load_cert_chain(
+            pki.client_certfile,
+            pki.client_keyfile,
+            password=pki.client_key_password_file.read_text(),
+        )
+
+        _handshake(_server_context(pki.broker_keystore_file, trust=pki.ca_file), client)
+
+    def test_keys_and_passwords_are_owner_only(self, pki: kafkactl.SecurityFiles) -> None:
+        """Every file that holds a key or a password is mode 0600, the dir 0700."""
+        secrets = [
+            pki.ca_key_file,
+            pki.broker_keystore_file,
+            pki.client_keyfile,
+            pki.client_key_password_file,
+        ]
+
+        assert [0o600] * 4 == [path.stat().st_mode & 0o777 for path in secrets]
+        assert 0o700 == pki.directory.stat().st_mode & 0o777
+
+    def test_made_once_then_reused(self, pki: kafkactl.SecurityFiles) -> None:
+        """A restart finds the set complete and changes nothing."""
+        before = {path: path.read_bytes() for path in pki.directory.iterdir()}
+
+        assert certs.ensure_local_pki(pki) is False
+        assert before == {path: path.read_bytes() for path in pki.directory.iterdir()}
+
+    def test_an_incomplete_set_is_made_anew(self, tmp_path: Path) -> None:
+        """With a file missing, all are made again, so everything shares one CA."""
+        files = kafkactl.SecurityFiles(tmp_path / "security")
+        certs.ensure_local_pki(files)
+        old_ca = files.ca_file.read_bytes()
+        files.client_keyfile.unlink()
+
+        assert certs.ensure_local_pki(files) is True
+        ca = x509.load_pem_x509_certificate(files.ca_file.read_bytes())
+        assert old_ca != files.ca_file.read_bytes()
+        x509.load_pem_x509_certificate(
+            files.client_certfile.read_bytes()
+        ).verify_directly_issued_by(ca)
+
+    def test_the_layout_names_the_ca_as_certs_does(self, pki: kafkactl.SecurityFiles) -> None:
+        """issue_certificate(security_dir, ...) finds the cluster's CA there."""
+        assert (certs.CA_CERT_FILE, certs.CA_KEY_FILE) == (pki.ca_file.name, pki.ca_key_file.name)
+        assert pki.ca_file == certs.load_ca(pki.directory).certfile
+
+
+class TestIssuedCertificates:
+    def test_an_expired_client_certificate_ended_in_the_past(
+        self, pki: kafkactl.SecurityFiles, tmp_path: Path
+    ) -> None:
+        """not_valid_after in the past gives an expired certificate that began before it."""
+        ended = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+
+        issued = certs.issue_certificate(
+            pki.directory, tmp_path, "old", client=True, not_valid_after=ended
+        )
+
+        cert = x509.load_pem_x509_certificate(issued.certfile.read_bytes())
+        assert ended.replace(microsecond=0) == cert.not_valid_after_utc
+        assert cert.not_valid_before_utc < cert.not_valid_after_utc
+        assert (tmp_path / "old.pem", tmp_path / "old.key") == (issued.certfile, issued.keyfile)
+
+    def test_a_certificate_from_another_ca_fails_mutual_tls(
+        self, pki: kafkactl.SecurityFiles, tmp_path: Path
+    ) -> None:
+        """A client certificate of a CA the server does not trust is refused by the server."""
+        other = certs.create_ca(tmp_path / "other", "Other CA")
+        issued = certs.issue_certificate(other, tmp_path, "stranger", client=True)
+        client = _client_context(pki)
+        client.load_cert_chain(issued.certfile, issued.keyfile)
+
+        with pytest.raises(ssl.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+            _handshake(_server_context(pki.broker_keystore_file, trust=pki.ca_file), client)
+
+    def test_a_server_certificate_with_other_sans(
+        self, pki: kafkactl.SecurityFiles, tmp_path: Path
+    ) -> None:
+        """sans become DNS names or IP addresses; the certificate is for servers."""
+        issued = certs.issue_certificate(
+            pki.directory, tmp_path, "elsewhere", client=False, sans=["kafka.example", "10.0.0.7"]
+        )
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(issued.certfile, issued.keyfile)
+
+        _handshake(server, _client_context(pki), "kafka.example")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _handshake(server, _client_context(pki), "127.0.0.1")
+
+    def test_a_key_password_encrypts_the_key(
+        self, pki: kafkactl.SecurityFiles, tmp_path: Path
+    ) -> None:
+        """With key_password the key is encrypted PKCS#8, and owner-only like every key."""
+        issued = certs.issue_certificate(
+            pki.directory, tmp_path, "locked", client=True, key_password="pw"
+        )
+
+        assert issued.keyfile.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        assert 0o600 == os.stat(issued.keyfile).st_mode & 0o777
+        ssl.create_default_context().load_cert_chain(issued.certfile, issued.keyfile, "pw")
