@@ -42,8 +42,10 @@ sensorstream-producer: error: invalid setting --rate / SENSORSTREAM_RATE (got '-
 Exit statuses of the services: 0 a clean stop; 1 a fatal runtime error (Kafka
 unreachable after `--startup-timeout`, failed authentication, a retriable error that
 outlasted `--retry-budget`, unacknowledged events at shutdown, a shutdown that ran past
-`--shutdown-timeout`), one line on stderr; 2 a bad setting. Secrets (`--sasl-password`)
-are `SecretStr` and masked in every log line; SSL always checks host names.
+`--shutdown-timeout`, a broker that refused the credentials), one line on stderr; 2 a bad
+setting. Every secret has a `-file` form (`--sasl-password-file`), which keeps it out of
+`/proc/<pid>/cmdline`; secrets are masked in every log line; SSL always checks host names
+([security](security.md)).
 
 This page is generated from the settings models (`uv run python docs/settings.py`); a test
 keeps it up to date.

@@ -36,6 +36,13 @@ class TestPromtool:
         result = run_tool("promtool", "check", "config", "prometheus.yml", cwd=PROMETHEUS_DIR)
         assert 0 == result.returncode, result.stdout + result.stderr
 
+    def test_check_secure_config(self) -> None:
+        """promtool check config accepts the authenticated, HTTPS variant of the config."""
+        result = run_tool(
+            "promtool", "check", "config", "prometheus-secure.yml", cwd=PROMETHEUS_DIR
+        )
+        assert 0 == result.returncode, result.stdout + result.stderr
+
     def test_check_rules(self) -> None:
         """promtool check rules accepts the alert rules."""
         result = run_tool("promtool", "check", "rules", str(RULES))
@@ -105,3 +112,40 @@ class TestScrapeConfig:
         sd = jobs["sensorstream-audit"]["dns_sd_configs"][0]
         default_port = AuditSettings.model_fields["metrics_port"].default
         assert (["audit"], default_port) == (sd["names"], sd["port"])
+
+
+class TestSecureScrapeConfig:
+    def test_same_jobs_and_targets_as_the_compose_config(self) -> None:
+        """prometheus-secure.yml scrapes the same jobs, services and ports as prometheus.yml."""
+
+        def jobs(name: str) -> dict[str, Any]:
+            config = yaml.safe_load((PROMETHEUS_DIR / name).read_text())
+            return {
+                job["job_name"]: job.get("dns_sd_configs") or job.get("static_configs")
+                for job in config["scrape_configs"]
+            }
+
+        assert jobs("prometheus.yml") == jobs("prometheus-secure.yml")
+
+    def test_every_service_job_is_https_with_basic_auth(self) -> None:
+        """Each sensorstream job uses HTTPS against the secrets' CA, checks the certificate
+        for the compose service's name, and sends the secrets' password."""
+        config = yaml.safe_load((PROMETHEUS_DIR / "prometheus-secure.yml").read_text())
+        actual = {
+            job["job_name"]: (
+                job.get("scheme"),
+                job.get("basic_auth"),
+                job.get("tls_config"),
+            )
+            for job in config["scrape_configs"]
+            if job["job_name"].startswith("sensorstream-")
+        }
+        expected = {
+            f"sensorstream-{service}": (
+                "https",
+                {"username": "prometheus", "password_file": "/run/secrets/metrics_password"},
+                {"ca_file": "/run/secrets/ca.pem", "server_name": service},
+            )
+            for service in ("producer", "processor", "audit")
+        }
+        assert expected == actual

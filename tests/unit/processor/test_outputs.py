@@ -36,6 +36,7 @@ from sensorstream.schema import (
     RecordTooLargeError,
     RetriableError,
     RetriesExhaustedError,
+    SecurityError,
 )
 
 POLICY = RetryPolicy(budget=2.0, wait_initial=0.01, wait_max=0.02, wait_jitter=0)
@@ -305,11 +306,11 @@ class TestOutputProducer:
     async def test_start_with_bad_credentials_fails_at_once(
         self, clients: list[FakeClient]
     ) -> None:
-        """An authentication failure is a ConfigError naming the step, not retried."""
+        """An authentication failure is a SecurityError naming the step, not retried."""
         producer = output_producer()
         clients[0].fail["start"] = [SaslAuthenticationFailed("bad password")]
 
-        with pytest.raises(ConfigError, match="starting the output producer failed"):
+        with pytest.raises(SecurityError, match="starting the output producer failed"):
             await producer.start(POLICY)
 
         assert ["start"] == clients[0].calls

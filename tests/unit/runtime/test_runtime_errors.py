@@ -14,6 +14,7 @@ from sensorstream.schema import (
     OwnershipLostError,
     RecordTooLargeError,
     RetriableError,
+    SecurityError,
     SensorstreamError,
 )
 
@@ -42,7 +43,8 @@ REPRESENTATIVE = [
     (kafka.CommitFailedError(), OwnershipLostError),
     (kafka.RebalanceInProgressError(), OwnershipLostError),
     (kafka.ProducerFenced(), OwnershipLostError),
-    (kafka.SaslAuthenticationFailed("Authentication failed: invalid credentials"), ConfigError),
+    (kafka.SaslAuthenticationFailed("Authentication failed: invalid credentials"), SecurityError),
+    (kafka.UnsupportedSaslMechanismError(), SecurityError),
     (kafka.TopicAuthorizationFailedError(), ConfigError),
     (kafka.GroupAuthorizationFailedError(), ConfigError),
     (kafka.InvalidReplicationFactorError(), ConfigError),
@@ -150,7 +152,8 @@ class TestKafkaErrors:
 class TestKafkaErrorsTable:
     def test_maps_client_errors_to_our_tree(self) -> None:
         """Every key is an aiokafka error; every value is one our callers handle."""
-        assert (set(), {ConfigError, OwnershipLostError, RecordTooLargeError, RetriableError}) == (
+        ours = {ConfigError, OwnershipLostError, RecordTooLargeError, RetriableError, SecurityError}
+        assert (set(), ours) == (
             {cls for cls in KAFKA_ERRORS if not issubclass(cls, kafka.KafkaError)},
             set(KAFKA_ERRORS.values()),
         )

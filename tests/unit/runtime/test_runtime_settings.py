@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -105,3 +106,125 @@ class TestPublicDict:
 
         assert "hunter2" not in repr(settings.public_dict())
         assert "**********" == settings.public_dict()["sasl_password"]
+
+
+def _bad_setting(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one stderr line of a refused setting (exit 2)."""
+    with pytest.raises(SystemExit) as exc_info:
+        load_settings(ExampleSettings, argv)
+    err = capsys.readouterr().err
+    assert (EXIT_BAD_SETTING, 1) == (exc_info.value.code, len(err.strip().splitlines()))
+    return err
+
+
+class TestSecretsFromFiles:
+    def test_password_file_fills_the_secret_without_its_newline(self, tmp_path: Path) -> None:
+        """--sasl-password-file: the file's text, one trailing newline dropped (as `echo`
+        and editors leave it), becomes the password; the path stays visible."""
+        secret = tmp_path / "sasl"
+        secret.write_text("s3cret with spaces\n")
+
+        settings = load_settings(ExampleSettings, ["--sasl-password-file", str(secret)])
+
+        assert settings.sasl_password is not None
+        assert ("s3cret with spaces", str(secret), "**********") == (
+            settings.sasl_password.get_secret_value(),
+            settings.public_dict()["sasl_password_file"],
+            settings.public_dict()["sasl_password"],
+        )
+
+    def test_every_secret_has_a_file_form_read_from_the_environment(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The Docker/Kubernetes convention: SENSORSTREAM_<SECRET>_FILE for each secret."""
+        for name in ("sasl_password", "ssl_key_password", "metrics_auth_password"):
+            path = tmp_path / name
+            path.write_text(f"{name}-value")
+            monkeypatch.setenv(f"SENSORSTREAM_{name.upper()}_FILE", str(path))
+        monkeypatch.setenv("SENSORSTREAM_METRICS_AUTH_USERNAME", "prometheus")
+
+        settings = load_settings(ExampleSettings, [])
+
+        assert [
+            "sasl_password-value",
+            "ssl_key_password-value",
+            "metrics_auth_password-value",
+        ] == settings.secret_values()
+
+    def test_secret_and_its_file_together_are_refused(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Both forms at once is ambiguous: one line naming both, and no secret shown."""
+        secret = tmp_path / "sasl"
+        secret.write_text("from-file")
+
+        err = _bad_setting(
+            ["--sasl-password", "on-the-line", "--sasl-password-file", str(secret)], capsys
+        )
+
+        assert "--sasl-password / SENSORSTREAM_SASL_PASSWORD or --sasl-password-file" in err
+        assert ("on-the-line", "from-file") == tuple(
+            s for s in ("on-the-line", "from-file") if s not in err
+        )
+
+    @pytest.mark.parametrize(
+        ("content", "why"), [(None, "cannot read it"), ("", "the file is empty"), ("\n", "empty")]
+    )
+    def test_unusable_file_names_the_variable(
+        self,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        content: str | None,
+        why: str,
+    ) -> None:
+        """A missing or empty secrets file: exit 2 naming the flag and variable."""
+        path = tmp_path / "missing"
+        if content is not None:
+            path.write_text(content)
+
+        err = _bad_setting(["--sasl-password-file", str(path)], capsys)
+
+        assert "--sasl-password-file / SENSORSTREAM_SASL_PASSWORD_FILE" in err
+        assert why in err
+
+    def test_secret_values_lists_only_what_is_set(self) -> None:
+        assert ["pw"] == ExampleSettings(sasl_password=SecretStr("pw")).secret_values()
+        assert [] == ExampleSettings().secret_values()
+
+
+class TestSettingsThatComeInPairs:
+    @pytest.mark.parametrize(
+        ("argv", "named"),
+        [
+            (["--security-protocol", "SSL", "--ssl-certfile", "{f}"], "--ssl-keyfile"),
+            (["--security-protocol", "SSL", "--ssl-keyfile", "{f}"], "--ssl-certfile"),
+            (["--metrics-tls-certfile", "{f}"], "--metrics-tls-keyfile"),
+            (["--metrics-auth-username", "prom"], "--metrics-auth-password"),
+            (["--ssl-certfile", "{f}", "--ssl-keyfile", "{f}"], "--security-protocol"),
+            (["--ssl-cafile", "{f}"], "SSL or SASL_SSL"),
+        ],
+    )
+    def test_half_a_pair_is_refused(
+        self,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        argv: list[str],
+        named: str,
+    ) -> None:
+        """A certificate without its key, a user without a password, TLS files for a
+        plaintext connection: one line naming what is missing."""
+        existing = tmp_path / "file.pem"
+        existing.write_text("x")
+
+        err = _bad_setting([a.format(f=existing) for a in argv], capsys)
+
+        assert named in err
+        assert "invalid settings: " in err
+
+    def test_certificate_file_must_exist(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        err = _bad_setting(
+            ["--security-protocol", "SSL", "--ssl-cafile", str(tmp_path / "nope.pem")], capsys
+        )
+        assert "--ssl-cafile / SENSORSTREAM_SSL_CAFILE" in err

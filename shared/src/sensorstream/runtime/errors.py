@@ -9,9 +9,9 @@ our classes only (``sensorstream.runtime.retry``).
 
 The table follows the Kafka protocol's own classification (each aiokafka error's
 ``retriable`` flag) and overrides it where the client is coarser than the situation:
-a timed-out local queue is retriable, an authentication or authorization failure is a
-configuration problem, and a lost group generation or a fenced producer means someone
-else owns the partition now.
+a timed-out local queue is retriable, an authentication failure is a security error,
+an authorization failure a configuration problem, and a lost group generation or a
+fenced producer means someone else owns the partition now.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from sensorstream.schema import (
     OwnershipLostError,
     RecordTooLargeError,
     RetriableError,
+    SecurityError,
     SensorstreamError,
 )
 
@@ -42,12 +43,13 @@ KAFKA_ERRORS: Final[dict[type[BaseException], type[SensorstreamError]]] = {
     kafka.RebalanceInProgressError: OwnershipLostError,
     kafka.ProducerFenced: OwnershipLostError,
     kafka.InvalidProducerEpoch: OwnershipLostError,
-    # Who we are or what we may do is wrong: no retry fixes a setting.
-    kafka.AuthenticationFailedError: ConfigError,
-    kafka.AuthenticationMethodNotSupported: ConfigError,
-    kafka.SaslAuthenticationFailed: ConfigError,
-    kafka.UnsupportedSaslMechanismError: ConfigError,
-    kafka.IllegalSaslStateError: ConfigError,
+    # The broker refused who we are: no retry fixes a credential.
+    kafka.AuthenticationFailedError: SecurityError,
+    kafka.AuthenticationMethodNotSupported: SecurityError,
+    kafka.SaslAuthenticationFailed: SecurityError,
+    kafka.UnsupportedSaslMechanismError: SecurityError,
+    kafka.IllegalSaslStateError: SecurityError,
+    # What we may do is wrong: a setting (or the broker's ACLs) must change.
     kafka.TopicAuthorizationFailedError: ConfigError,
     kafka.GroupAuthorizationFailedError: ConfigError,
     kafka.ClusterAuthorizationFailedError: ConfigError,

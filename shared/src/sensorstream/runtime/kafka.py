@@ -1,6 +1,10 @@
 """Kafka connection plumbing shared by the services: client options and the admin
 connection at start-up.
 
+Before the admin client starts, ``sensorstream.runtime.security`` checks the credentials
+with one raw connection, so a refused password or certificate ends start-up at once with
+one line instead of being retried until ``--startup-timeout``.
+
 Client errors are translated into the project's tree by ``sensorstream.runtime.errors``
 and retried by ``sensorstream.runtime.retry``; nothing here loops by hand.
 """
@@ -11,12 +15,12 @@ from typing import Any
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.helpers import create_ssl_context
 
 from sensorstream.schema import ConfigError, FatalError, RetriesExhaustedError
 
 from .errors import kafka_errors
 from .retry import RetryPolicy, retry
+from .security import check_credentials, ssl_context
 from .settings import ServiceSettings
 
 __all__ = ["KafkaUnavailableError", "client_options", "connect_admin", "startup_policy"]
@@ -36,13 +40,13 @@ def client_options(settings: ServiceSettings) -> dict[str, Any]:
         "security_protocol": settings.security_protocol,
     }
     if settings.security_protocol in ("SSL", "SASL_SSL"):
-        # create_ssl_context always verifies host names; there is no opt-out here.
-        options["ssl_context"] = create_ssl_context(cafile=settings.ssl_cafile)
+        # Host names are always verified; there is no opt-out here.
+        options["ssl_context"] = ssl_context(settings)
     if settings.security_protocol.startswith("SASL"):
         if not settings.sasl_username or settings.sasl_password is None:
             raise ConfigError(
                 "SASL needs --sasl-username / SENSORSTREAM_SASL_USERNAME and "
-                "--sasl-password / SENSORSTREAM_SASL_PASSWORD"
+                "--sasl-password-file / SENSORSTREAM_SASL_PASSWORD_FILE (or --sasl-password)"
             )
         options["sasl_mechanism"] = settings.sasl_mechanism
         options["sasl_plain_username"] = settings.sasl_username
@@ -59,11 +63,14 @@ async def connect_admin(settings: ServiceSettings) -> AIOKafkaAdminClient:
     """Connect an admin client, retrying an unreachable broker for ``startup_timeout`` s.
 
     Each failed attempt is logged (``retry_scheduled``); when time runs out a
-    :class:`KafkaUnavailableError` says where it tried and which setting to change.
+    :class:`KafkaUnavailableError` says where it tried and which setting to change. A
+    broker that refuses our credentials raises ``SecurityError`` at the first attempt.
     """
+    options = client_options(settings)
 
     async def connect() -> AIOKafkaAdminClient:
-        admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=5000)
+        await check_credentials(settings, options)
+        admin = AIOKafkaAdminClient(**options, request_timeout_ms=5000)
         try:
             with kafka_errors(f"connecting to Kafka at {settings.bootstrap_servers}"):
                 await admin.start()

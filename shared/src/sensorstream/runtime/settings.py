@@ -10,7 +10,14 @@ A bad value never produces a traceback: :func:`load_settings` prints one line
 that names the flag *and* the variable, says what would be valid, and exits
 with status 2 (the convention of argparse and most Unix tools).
 
-This module must never log or print a secret: secrets are ``SecretStr``.
+Every secret (``--sasl-password``, ``--ssl-key-password``, ``--metrics-auth-password``)
+can also come from a file, ``--<name>-file`` / ``SENSORSTREAM_<NAME>_FILE``: the Docker
+and Kubernetes secrets convention, and the way to keep a password out of
+``/proc/<pid>/cmdline`` and ``/proc/<pid>/environ``. The file is read once at start-up;
+one trailing newline is dropped.
+
+This module must never log or print a secret: secrets are ``SecretStr``, and
+:meth:`ServiceSettings.secret_values` hands the values to the log redaction.
 """
 
 from __future__ import annotations
@@ -20,9 +27,17 @@ import re
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, NoReturn, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NoReturn, Self, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
 
 __all__ = [
@@ -33,6 +48,7 @@ __all__ = [
     "ServiceSettings",
     "load_settings",
     "parse_bootstrap_servers",
+    "read_secret_file",
 ]
 
 ENV_PREFIX = "SENSORSTREAM_"
@@ -57,6 +73,28 @@ def parse_bootstrap_servers(value: str) -> list[str]:
         if match is None or not 0 < int(match["port"]) < 65536:
             raise ValueError(f"{server!r} is not host:port (e.g. 127.0.0.1:9092 or kafka:9092)")
     return servers
+
+
+def read_secret_file(path: Path) -> SecretStr:
+    """The secret in ``path``, without one trailing newline; ``ValueError`` says why not."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read it: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError("it is not UTF-8 text") from exc
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise ValueError("the file is empty")
+    return SecretStr(text)
+
+
+# Each secret field and the field that may give it from a file instead.
+_SECRET_FILES: dict[str, str] = {
+    "sasl_password": "sasl_password_file",
+    "ssl_key_password": "ssl_key_password_file",
+    "metrics_auth_password": "metrics_auth_password_file",
+}
 
 
 def _default_instance_id() -> str:
@@ -88,9 +126,26 @@ class ServiceSettings(BaseSettings):
     security_protocol: SecurityProtocol = Field("PLAINTEXT", description="Kafka security protocol.")
     sasl_mechanism: SaslMechanism = Field("PLAIN", description="SASL mechanism (SASL_* only).")
     sasl_username: str | None = Field(None, description="SASL user name.")
-    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
-    ssl_cafile: str | None = Field(
-        None, description="CA bundle for SSL; host names are always checked."
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (never logged); prefer --sasl-password-file."
+    )
+    sasl_password_file: Path | None = Field(
+        None, description="File holding the SASL password (a Docker/Kubernetes secret)."
+    )
+    ssl_cafile: FilePath | None = Field(
+        None,
+        description="CA bundle (PEM) to trust for SSL instead of the system's; host names "
+        "are always checked.",
+    )
+    ssl_certfile: FilePath | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS; needs --ssl-keyfile."
+    )
+    ssl_keyfile: FilePath | None = Field(None, description="Private key (PEM) of --ssl-certfile.")
+    ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted --ssl-keyfile; prefer the -file form."
+    )
+    ssl_key_password_file: Path | None = Field(
+        None, description="File holding the password of --ssl-keyfile."
     )
     instance_id: str = Field(
         default_factory=_default_instance_id,
@@ -106,6 +161,25 @@ class ServiceSettings(BaseSettings):
         ge=0,
         le=65535,
         description="Port for /metrics, /healthz and /readyz; 0 = any free port.",
+    )
+    metrics_auth_username: str | None = Field(
+        None,
+        description="Require HTTP basic auth with this user on /metrics, /healthz and "
+        "/readyz (with --metrics-auth-password-file).",
+    )
+    metrics_auth_password: SecretStr | None = Field(
+        None, description="Password of --metrics-auth-username; prefer the -file form."
+    )
+    metrics_auth_password_file: Path | None = Field(
+        None, description="File holding the password of --metrics-auth-username."
+    )
+    metrics_tls_certfile: FilePath | None = Field(
+        None,
+        description="Serve /metrics, /healthz and /readyz over HTTPS with this certificate "
+        "(PEM; needs --metrics-tls-keyfile).",
+    )
+    metrics_tls_keyfile: FilePath | None = Field(
+        None, description="Private key (PEM, unencrypted) of --metrics-tls-certfile."
     )
     log_format: LogFormat | None = Field(
         None, description="json or console (default: console on a terminal, json otherwise)."
@@ -123,6 +197,48 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
         return ",".join(parse_bootstrap_servers(value))
+
+    @field_validator("sasl_password_file", "ssl_key_password_file", "metrics_auth_password_file")
+    @classmethod
+    def _secret_file_is_readable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_secret_file(value)
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_and_their_files(self) -> Self:
+        for secret, file_field in _SECRET_FILES.items():
+            path: Path | None = getattr(self, file_field)
+            if path is None:
+                continue
+            if getattr(self, secret) is not None:
+                raise ValueError(
+                    f"give {_flag(secret)} / {ENV_PREFIX}{secret.upper()} or "
+                    f"{_flag(file_field)} / {ENV_PREFIX}{file_field.upper()}, not both"
+                )
+            setattr(self, secret, read_secret_file(path))
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        for name in ("ssl_cafile", "ssl_certfile"):
+            if getattr(self, name) is not None and not tls:
+                raise ValueError(
+                    f"{_flag(name)} / {ENV_PREFIX}{name.upper()} needs --security-protocol / "
+                    f"{ENV_PREFIX}SECURITY_PROTOCOL SSL or SASL_SSL (it is "
+                    f"{self.security_protocol})"
+                )
+        pairs = (
+            ("ssl_certfile", "ssl_keyfile"),
+            ("metrics_tls_certfile", "metrics_tls_keyfile"),
+            ("metrics_auth_username", "metrics_auth_password"),
+        )
+        for first, second in pairs:
+            if (getattr(self, first) is None) != (getattr(self, second) is None):
+                given, missing = (first, second) if getattr(self, first) else (second, first)
+                raise ValueError(
+                    f"{_flag(given)} / {ENV_PREFIX}{given.upper()} needs "
+                    f"{_flag(missing)} / {ENV_PREFIX}{missing.upper()}"
+                    + (" (or its -file form)" if missing in _SECRET_FILES else "")
+                )
+        return self
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -149,8 +265,23 @@ class ServiceSettings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """The settings as plain values for a start-up log line; secrets stay masked."""
         return {
-            key: ("**********" if isinstance(value, SecretStr) else value) for key, value in self
+            key: (
+                "**********"
+                if isinstance(value, SecretStr)
+                else str(value)
+                if isinstance(value, Path)
+                else value
+            )
+            for key, value in self
         }
+
+    def secret_values(self) -> list[str]:
+        """The configured secrets themselves, for the log redaction to mask by value."""
+        return [
+            secret.get_secret_value()
+            for name in _SECRET_FILES
+            if (secret := getattr(self, name)) is not None
+        ]
 
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -164,12 +295,16 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad setting: flag, variable, the value given and what would be valid."""
     lines = []
     for error in exc.errors(include_url=False):
-        field = str(error["loc"][0]) if error["loc"] else "?"
-        given = error.get("input")
         message = error["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
-        shown = "" if isinstance(given, dict) else f" (got {str(given)[:80]!r})"
+        if not error["loc"]:  # a check across settings names them itself
+            lines.append(f"invalid settings: {message}")
+            continue
+        field = str(error["loc"][0])
+        given = error.get("input")
+        secret = field in _SECRET_FILES
+        shown = "" if isinstance(given, dict) or secret else f" (got {str(given)[:80]!r})"
         lines.append(
             f"invalid setting {_flag(field)} / {ENV_PREFIX}{field.upper()}{shown}: {message}"
         )

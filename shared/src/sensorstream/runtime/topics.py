@@ -407,5 +407,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         instance=settings.instance_id,
         fmt=settings.resolved_log_format(),
         level=settings.log_level,
+        secrets=settings.secret_values(),
     )
     sys.exit(run_service(lambda stop: _run(settings, stop), prog=settings.service_name))

@@ -41,6 +41,7 @@ from ._errors import (
     RecordTooLargeError,
     RetriableError,
     RetriesExhaustedError,
+    SecurityError,
     SensorstreamError,
 )
 from ._models import Alert, AlertKind, SensorReading, WindowAggregate
@@ -78,6 +79,7 @@ __all__ = [
     "Rejection",
     "RetriableError",
     "RetriesExhaustedError",
+    "SecurityError",
     "SensorReading",
     "SensorstreamError",
     "TopicRole",

@@ -12,7 +12,9 @@ The tree says what the caller must do next::
     │                         working on it and commit nothing; the new owner resumes
     │                         from the last commit. Never retried, never fatal
     └── FatalError            the process cannot do useful work: exit with one line
-        ├── ConfigError       a setting is missing or wrong (bad value, failed auth)
+        ├── ConfigError       a setting is missing or wrong (a bad value, no such file)
+        ├── SecurityError     the broker refused who we are: authentication failed, or a
+        │                     certificate is not trusted, expired or for another host
         ├── RecordTooLargeError  a record is larger than the broker or topic accepts
         └── RetriesExhaustedError  a RetriableError outlasted its time budget
 
@@ -58,6 +60,12 @@ class FatalError(SensorstreamError):
 
 class ConfigError(FatalError):
     """A setting is missing or invalid; the message names the variable and a valid value."""
+
+
+class SecurityError(FatalError):
+    """The broker and we do not trust each other: failed authentication, or a TLS
+    certificate that is untrusted, expired or names another host. Retrying cannot help;
+    the message says which and which setting to check."""
 
 
 class RecordTooLargeError(FatalError):

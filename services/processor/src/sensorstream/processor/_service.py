@@ -150,9 +150,7 @@ class ProcessorService:
     async def run(self, stop: StopSignal) -> int:
         settings = self.settings
         handler = load_handler(settings.handler) if settings.handler else None
-        server = ObservabilityServer(
-            host=settings.metrics_host, port=settings.metrics_port, readiness=self.readiness
-        )
+        server = ObservabilityServer.from_settings(settings, readiness=self.readiness)
         await server.start()
         instrument_retries(self.metrics.retries)
         self.metrics.up.set(1)
@@ -424,4 +422,5 @@ def configure(settings: ProcessorSettings) -> None:
         instance=settings.instance_id,
         fmt=settings.resolved_log_format(),
         level=settings.log_level,
+        secrets=settings.secret_values(),
     )

@@ -163,11 +163,8 @@ class ProducerService:
     async def run(self) -> int:
         settings = self.settings
         instrument_retries(self.metrics.retries)
-        self.server = ObservabilityServer(
-            host=settings.metrics_host,
-            port=settings.metrics_port,
-            readiness=self.readiness,
-            registry=self.registry,
+        self.server = ObservabilityServer.from_settings(
+            settings, readiness=self.readiness, registry=self.registry
         )
         await self.server.start()
         log.info(
@@ -476,5 +473,6 @@ async def run(
         instance=settings.instance_id,
         fmt=settings.resolved_log_format(),
         level=settings.log_level,
+        secrets=settings.secret_values(),
     )
     return await ProducerService(settings, stop, registry=registry).run()

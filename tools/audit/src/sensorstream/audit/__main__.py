@@ -2,7 +2,8 @@
 
 Exit status: 0 when every reading is accounted for exactly once, 1 when some are
 missing or counted twice, 2 for a bad setting (or a topic that does not exist), 3 when
-the audit could not run (Kafka unreachable); ``--follow`` exits 0 on SIGTERM.
+the audit could not run (Kafka unreachable, or it refused the credentials); ``--follow``
+exits 0 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from sensorstream.runtime import (
     client_options,
     configure_logging,
     load_settings,
+    retry,
     run_service,
     startup_policy,
 )
+from sensorstream.runtime.security import check_credentials
 
 from ._audit import PipelineAudit
 from ._metrics import AuditMetrics
@@ -75,10 +78,8 @@ async def follow(settings: AuditSettings, stop: StopSignal) -> int:
     """Pass over the topics every ``interval`` s until stopped, exporting the figures."""
     metrics = AuditMetrics()
     passes = 0
-    server = ObservabilityServer(
-        host=settings.metrics_host,
-        port=settings.metrics_port,
-        readiness=lambda: (passes > 0, {"passes": passes}),
+    server = ObservabilityServer.from_settings(
+        settings, readiness=lambda: (passes > 0, {"passes": passes})
     )
     await server.start()
     try:
@@ -123,10 +124,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         instance=settings.instance_id,
         fmt=settings.resolved_log_format(),
         level=settings.log_level,
+        secrets=settings.secret_values(),
     )
 
     async def run(stop: StopSignal) -> int:
         try:
+            # A refused password or certificate ends the audit at once, with one line.
+            options = client_options(settings)
+            await retry(
+                "connect",
+                lambda: check_credentials(settings, options),
+                policy=startup_policy(settings),
+            )
             if settings.follow:
                 return await follow(settings, stop)
             return await audit_once(settings)
