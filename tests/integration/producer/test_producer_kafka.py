@@ -4,6 +4,7 @@ and a broker outage ridden out without losing, duplicating or reordering a readi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -388,3 +389,34 @@ class TestStartupFailure:
         assert "SENSORSTREAM_BOOTSTRAP_SERVERS" in last
         assert "Traceback" not in text
         assert elapsed < 30
+
+    @pytest.mark.parametrize("service", ["producer", "processor"])
+    async def test_sigterm_while_waiting_for_the_broker_stops_at_once(self, service: str) -> None:
+        """No broker and a minute of --startup-timeout: a SIGTERM ends the wait with a
+        clean exit 0 within seconds, as an orchestrator stopping the pod expects."""
+        port = _free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", f"sensorstream.{service}",
+            "--bootstrap-servers", f"127.0.0.1:{_free_port()}", "--startup-timeout", "60",
+            "--metrics-port", str(port), "--log-level", "error",
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 30
+            while True:  # serving /healthz: it is in the start-up retries now
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        if response.status == 200:
+                            break
+                assert time.monotonic() < deadline, f"{service} never served /healthz"
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        try:
+            _, err = await asyncio.wait_for(process.communicate(), 10)
+        finally:
+            if process.returncode is None:
+                process.kill()
+        assert (0, False) == (process.returncode, "Traceback" in err.decode())
+        assert time.monotonic() - stopped < 10

@@ -19,7 +19,7 @@ from sensorstream.schema import (
 from .errors import kafka_errors, translate_kafka_error
 from .http import ObservabilityServer, Readiness
 from .kafka import KafkaUnavailableError, client_options, connect_admin, startup_policy
-from .lifecycle import EXIT_FATAL, StopSignal, run_service
+from .lifecycle import EXIT_FATAL, StopSignal, run_service, until_stopped
 from .logging import configure_logging, redact_secrets
 from .retry import RetryPolicy, instrument_retries, retry
 from .settings import (
@@ -68,4 +68,5 @@ __all__ = [
     "run_service",
     "startup_policy",
     "translate_kafka_error",
+    "until_stopped",
 ]

@@ -17,10 +17,11 @@ traceback reaches the user for an error the project knows about.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 import uvloop
@@ -29,7 +30,9 @@ from sensorstream.schema import ConfigError, FatalError
 
 from .settings import EXIT_BAD_SETTING
 
-__all__ = ["EXIT_FATAL", "StopSignal", "run_service"]
+__all__ = ["EXIT_FATAL", "StopSignal", "run_service", "until_stopped"]
+
+T = TypeVar("T")
 
 EXIT_FATAL = 1
 
@@ -54,6 +57,26 @@ class StopSignal:
             return
         self.signal_name = reason
         self.event.set()
+
+
+async def until_stopped(stop: StopSignal, awaitable: Awaitable[T]) -> T | None:
+    """``awaitable``'s result, or ``None`` once a stop is requested first (it is then
+    cancelled). Start-up steps that retry for ``--startup-timeout`` run under this, so a
+    SIGTERM while the broker is away stops the service at once, not a minute later."""
+    if stop.is_set():
+        return None
+    task = asyncio.ensure_future(awaitable)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 def _install_signal_handlers(stop: StopSignal) -> None:

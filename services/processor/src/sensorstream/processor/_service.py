@@ -46,6 +46,7 @@ from sensorstream.runtime import (
     named_topology,
     retry,
     startup_policy,
+    until_stopped,
 )
 from sensorstream.schema import Topology
 
@@ -161,7 +162,9 @@ class ProcessorService:
         )
         admin: AIOKafkaAdminClient | None = None
         try:
-            admin = await connect_admin(settings)
+            admin = await until_stopped(stop, connect_admin(settings))
+            if admin is None:
+                return EXIT_OK
             dlq_limit = await self._prepare_topics(admin, stop)
             if stop.is_set():
                 return EXIT_OK

@@ -47,6 +47,7 @@ from sensorstream.runtime import (
     kafka_errors,
     retry,
     startup_policy,
+    until_stopped,
 )
 from sensorstream.schema import TOPOLOGY
 
@@ -174,7 +175,9 @@ class ProducerService:
         )
         self._started_at = time.monotonic()
         try:
-            partitions = await self._prepare_topic()
+            partitions = await until_stopped(self.stop, self._prepare_topic())
+            if partitions is None:
+                return EXIT_OK
             if settings.resume_seq:
                 await self._resume_seqs(partitions)
             if self.stop.is_set():
