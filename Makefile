@@ -80,7 +80,7 @@ CONTAINER ?= $(shell docker info >/dev/null 2>&1 && echo docker || { command -v 
 IMAGE_TAG ?= latest
 BUILD_FORMAT := $(if $(findstring podman,$(CONTAINER)),--format docker,)
 
-.PHONY: run run-stop images compose-config
+.PHONY: run run-stop images compose-config compose-secrets
 
 run: sync
 	$(UV) run python deploy/local/stack.py --processors $(PROCESSORS) $(RUN_ARGS)
@@ -96,4 +96,18 @@ images:
 
 compose-config:
 	docker-compose -f docker-compose.yml config -q
+
+# The passwords of docker-compose.secure.yml, one random password per file, made once and
+# never overwritten (the broker keeps the SASL password it was first formatted with). The
+# files are 0644 in a 0700 directory: deploy/compose/secrets/README.md says why.
+compose-secrets:
+	@mkdir -p deploy/compose/secrets && chmod 0700 deploy/compose/secrets
+	@set -e; for name in sasl_password metrics_password; do \
+		file=deploy/compose/secrets/$$name; \
+		if [ -e "$$file" ]; then echo "$$file: exists, kept"; continue; fi; \
+		password=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))'); \
+		(set -C; umask 077; printf '%s\n' "$$password" > "$$file"); \
+		chmod 0644 "$$file"; \
+		echo "$$file: made"; \
+	done
 # ---- end run ---------------------------------------------------------------------------

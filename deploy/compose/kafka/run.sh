@@ -2,6 +2,14 @@
 # Start one KRaft node configured like the official apache/kafka image: every KAFKA_*
 # variable becomes a server property (KAFKA_NODE_ID -> node.id; "__" -> "_", "___" -> "-"),
 # the log dir is formatted once with CLUSTER_ID, then the broker replaces this shell.
+#
+# SCRAM users (docker-compose.secure.yml): with SCRAM_USERNAME and SCRAM_PASSWORD_FILE (a
+# file holding the password, e.g. /run/secrets/sasl_password) the format also writes that
+# user's credentials for each of SCRAM_MECHANISMS (default SCRAM-SHA-512) into the metadata
+# log, so they exist before any client connects. Like the cluster id they are written only
+# when the log dir is formatted, i.e. on a fresh volume: a changed password needs a fresh
+# volume (or kafka-configs.sh --alter --add-config). During the format the password is on
+# the format command's command line, inside the container only.
 set -eu
 
 conf_dir=${KAFKA_CONFIG_DIR:-/tmp/kafka-config}
@@ -21,7 +29,41 @@ cluster_id=${CLUSTER_ID:-5L6g3nShT-eMCtK--X86sw}
 cp='/opt/kafka/libs/*'
 log4j="-Dlog4j2.configurationFile=/opt/kafka/config/log4j2.xml"
 
-java -Xmx256m "$log4j" -cp "$cp" kafka.tools.StorageTool format -g -t "$cluster_id" -c "$conf"
+set -- format -g -t "$cluster_id" -c "$conf"
+if [ -n "${SCRAM_USERNAME:-}${SCRAM_PASSWORD_FILE:-}" ]; then
+    if [ -z "${SCRAM_USERNAME:-}" ] || [ -z "${SCRAM_PASSWORD_FILE:-}" ]; then
+        echo "run.sh: SCRAM_USERNAME and SCRAM_PASSWORD_FILE go together (set both or neither)" >&2
+        exit 2
+    fi
+    if ! [ -f "$SCRAM_PASSWORD_FILE" ] || ! [ -r "$SCRAM_PASSWORD_FILE" ]; then
+        echo "run.sh: SCRAM_PASSWORD_FILE=$SCRAM_PASSWORD_FILE is not a readable file" \
+            "(for docker-compose.secure.yml: make compose-secrets)" >&2
+        exit 2
+    fi
+    # $(...) drops the trailing newline, as the services do with *_PASSWORD_FILE.
+    scram_password=$(cat "$SCRAM_PASSWORD_FILE")
+    # The format's [name=...,password=...] syntax has no quoting: keep to safe characters.
+    case "$SCRAM_USERNAME$scram_password" in
+        *[!A-Za-z0-9._~-]*)
+            echo "run.sh: SCRAM_USERNAME and the password in SCRAM_PASSWORD_FILE may hold only" \
+                "letters, digits and . _ ~ - (e.g. python3 -c 'import secrets;" \
+                "print(secrets.token_urlsafe(32))')" >&2
+            exit 2 ;;
+    esac
+    if [ -z "$scram_password" ]; then
+        echo "run.sh: SCRAM_PASSWORD_FILE=$SCRAM_PASSWORD_FILE is empty" >&2
+        exit 2
+    fi
+    log_dirs=${KAFKA_LOG_DIRS:-/nonexistent}
+    if [ -e "${log_dirs%%,*}/meta.properties" ]; then
+        echo "run.sh: the log dir is formatted already, so its SCRAM users stay as they were" \
+            "formatted (SCRAM_PASSWORD_FILE takes effect on a fresh volume only)" >&2
+    fi
+    for mechanism in $(printf '%s' "${SCRAM_MECHANISMS:-SCRAM-SHA-512}" | tr ',' ' '); do
+        set -- "$@" --add-scram "$mechanism=[name=$SCRAM_USERNAME,password=$scram_password]"
+    done
+fi
+java -Xmx256m "$log4j" -cp "$cp" kafka.tools.StorageTool "$@"
 
 # shellcheck disable=SC2086 # the *_OPTS variables are word lists on purpose
 exec java ${KAFKA_HEAP_OPTS:-} \
