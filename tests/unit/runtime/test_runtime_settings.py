@@ -187,6 +187,15 @@ class TestSecretsFromFiles:
         assert "--sasl-password-file / SENSORSTREAM_SASL_PASSWORD_FILE" in err
         assert why in err
 
+    def test_model_validate_reads_the_file_too(self, tmp_path: Path) -> None:
+        """Built from a mapping (as tests and tools do), not only from flags."""
+        secret = tmp_path / "sasl"
+        secret.write_text("from-file\n")
+
+        settings = ExampleSettings.model_validate({"sasl_password_file": str(secret)})
+
+        assert ["from-file"] == settings.secret_values()
+
     def test_secret_values_lists_only_what_is_set(self) -> None:
         assert ["pw"] == ExampleSettings(sasl_password=SecretStr("pw")).secret_values()
         assert [] == ExampleSettings().secret_values()

@@ -211,12 +211,16 @@ class ServiceSettings(BaseSettings):
             path: Path | None = getattr(self, file_field)
             if path is None:
                 continue
-            if getattr(self, secret) is not None:
+            from_file = read_secret_file(path)
+            current: SecretStr | None = getattr(self, secret)
+            # Validation may run again on a model it filled (model_validate does):
+            # the same value is the file's, not a second source.
+            if current is not None and current.get_secret_value() != from_file.get_secret_value():
                 raise ValueError(
                     f"give {_flag(secret)} / {ENV_PREFIX}{secret.upper()} or "
                     f"{_flag(file_field)} / {ENV_PREFIX}{file_field.upper()}, not both"
                 )
-            setattr(self, secret, read_secret_file(path))
+            setattr(self, secret, from_file)
         tls = self.security_protocol in ("SSL", "SASL_SSL")
         for name in ("ssl_cafile", "ssl_certfile"):
             if getattr(self, name) is not None and not tls:
