@@ -23,6 +23,7 @@ from pathlib import Path
 
 import certs
 import pytest
+import structlog.testing
 from processor_support import (
     Topics,
     free_port,
@@ -32,9 +33,13 @@ from processor_support import (
     stop_all,
     wait_until,
 )
+from prometheus_client import CollectorRegistry
 
 from kafka_helpers import consume_all
 from kafka_security import SecureKafka
+from sensorstream.producer._service import ProducerService
+from sensorstream.producer.settings import ProducerSettings
+from sensorstream.runtime import StopSignal, load_settings
 from sensorstream.schema import SensorReading, decode_reading
 
 SENSORS = 12
@@ -294,3 +299,36 @@ class TestRefusals:
         lines = error_lines(processor.logs(), "sensorstream-processor")
         assert (1, 1) == (status, len(lines)), processor.logs()[-3000:]
         assert "authentication failed" in lines[0]
+
+
+class TestNothingSecretReachesTheLogger:
+    async def test_a_secure_run_hands_the_logger_no_secret(
+        self, secure_kafka: SecureKafka, tmp_path: Path
+    ) -> None:
+        """A whole producer run over SASL_SSL in this process, every structlog call
+        captured *before* any redaction (``capture_logs`` replaces the processors): our
+        code never passes the password itself to the logger, masked or not; the redaction
+        is the second line of defence, not the only one."""
+        topics = Topics.fresh("sec-capture")
+        await make_input(secure_kafka.bootstrap, topics)
+        settings = load_settings(
+            ProducerSettings,
+            [
+                "--bootstrap-servers", secure_kafka.sasl_ssl_bootstrap,
+                "--topic", topics.input, "--metrics-port", "0",
+                "--security-protocol", "SASL_SSL", "--sasl-mechanism", "SCRAM-SHA-512",
+                "--sasl-username", secure_kafka.username,
+                "--sasl-password-file", str(secure_kafka.password_file),
+                "--ssl-cafile", str(secure_kafka.ca_file),
+                "--count", "100", "--sensors", "5", "--rate", "200",
+                "--summary-interval", "0.2",
+            ],
+        )  # fmt: skip
+        service = ProducerService(settings, StopSignal(), registry=CollectorRegistry())
+
+        with structlog.testing.capture_logs() as captured:
+            status = await asyncio.wait_for(service.run(), 60)
+
+        events = {entry["event"] for entry in captured}
+        assert (0, True) == (status, {"producer_starting", "producer_stopped"} <= events), events
+        assert [] == [e["event"] for e in captured if secure_kafka.password in repr(e)]
