@@ -17,8 +17,10 @@ connection error.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from aiokafka import errors as kafka
 from aiokafka.conn import create_conn
@@ -164,21 +166,64 @@ async def check_credentials(settings: ServiceSettings, options: dict[str, object
     """Connect to the bootstrap servers once with ``options`` (a client's TLS and SASL
     settings) and return when one of them accepted us. A refusal raises
     :class:`SecurityError` at once; a broker that is away raises :class:`RetriableError`.
-    Plaintext without SASL has nothing to refuse and returns at once."""
+    Plaintext without SASL has nothing to refuse and returns at once.
+
+    A refused connection leaves aiokafka's internal futures holding the TLS error, which
+    asyncio reports as "Future exception was never retrieved", with a traceback, when
+    they are collected. They are collected here, with that report silenced, so a refusal
+    stays one line."""
     if settings.security_protocol == "PLAINTEXT":
         return
-    last: BaseException | None = None
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(_quiet_about_abandoned_connections(previous))
+    try:
+        refusal, last = await _first_answer(settings, options)
+    finally:
+        gc.collect()
+        loop.set_exception_handler(previous)
+    # Raised outside the except blocks that saw the errors, so nothing keeps the failed
+    # connections (and their futures) alive after the collection above.
+    if refusal is not None:
+        raise SecurityError(refusal)
+    if last is not None:
+        raise RetriableError(f"connecting to Kafka at {settings.bootstrap_servers} failed: {last}")
+
+
+async def _first_answer(
+    settings: ServiceSettings, options: dict[str, object]
+) -> tuple[str | None, str | None]:
+    """(the refusal, None), (None, the last error of an absent broker), or (None, None)
+    when a server accepted us."""
+    last = None
     for server in settings.bootstrap_list:
         try:
             await _connect_once(settings, options, server)
-        except (OSError, TimeoutError, kafka.KafkaError) as exc:
+        except SecurityError as exc:
+            return str(exc), None
+        except (OSError, EOFError, kafka.KafkaError) as exc:
             refusal = describe_refusal(exc, settings, server)
             if refusal is not None:
-                raise SecurityError(refusal) from exc
-            last = exc
+                return refusal, None
+            last = str(exc) or type(exc).__name__
             continue
-        return
-    raise RetriableError(f"connecting to Kafka at {settings.bootstrap_servers} failed: {last}")
+        return None, None
+    return None, last
+
+
+def _quiet_about_abandoned_connections(
+    previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None,
+) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]:
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> object:
+        abandoned = context.get("message") == "Future exception was never retrieved"
+        if abandoned and isinstance(context.get("exception"), OSError | EOFError):
+            return None
+        if previous is not None:
+            return previous(loop, context)
+        loop.default_exception_handler(context)
+        return None
+
+    return handler
 
 
 async def _connect_once(settings: ServiceSettings, options: dict[str, object], server: str) -> None:
