@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from ._audit import audit
+from ._lag import lag
+from ._topics import topics_app
 
 app = typer.Typer(
     name="sensorstream",
@@ -43,6 +45,8 @@ app.command(
     },
     add_help_option=False,
 )(audit)
+app.command("lag")(lag)
+app.add_typer(topics_app, name="topics")
 
 
 def main() -> None:

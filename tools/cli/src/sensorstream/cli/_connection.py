@@ -19,6 +19,7 @@ from sensorstream.runtime import (
     FatalError,
     ServiceSettings,
     client_options,
+    configure_logging,
     load_settings,
     retry,
     startup_policy,
@@ -54,14 +55,30 @@ class CliSettings(ServiceSettings):
 
 def connection(ctx: typer.Context) -> CliSettings:
     """The settings of this invocation: ``SENSORSTREAM_*`` variables, and the root
-    command's ``--bootstrap-servers`` if given. A bad one exits 2 with one line."""
+    command's ``--bootstrap-servers`` if given. A bad one exits 2 with one line. Logging
+    goes to stderr, errors only unless ``SENSORSTREAM_LOG_LEVEL`` asks for more."""
     settings: CliSettings | None = ctx.find_root().meta.get("sensorstream.settings")
     if settings is None:
         bootstrap = ctx.find_root().meta.get("sensorstream.bootstrap")
         argv = ["--bootstrap-servers", bootstrap] if bootstrap else []
         settings = load_settings(CliSettings, argv, prog="sensorstream")
+        _quiet_logging(settings)
         ctx.find_root().meta["sensorstream.settings"] = settings
     return settings
+
+
+def _quiet_logging(settings: CliSettings) -> None:
+    """Logs to stderr, errors only unless ``SENSORSTREAM_LOG_LEVEL`` asks for more: the
+    report on stdout is the command's answer (and ``--json`` must stay parseable)."""
+    level = settings.log_level if "log_level" in settings.model_fields_set else "error"
+    configure_logging(
+        service=settings.service_name,
+        version="0",
+        instance=settings.instance_id,
+        fmt=settings.resolved_log_format(),
+        level=level,
+        secrets=settings.secret_values(),
+    )
 
 
 async def connection_options(settings: CliSettings) -> dict[str, Any]:
