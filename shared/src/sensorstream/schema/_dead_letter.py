@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 from ._errors import PoisonEventError
 from ._rejection import Rejection, RejectReason
@@ -18,6 +18,10 @@ from ._rejection import Rejection, RejectReason
 HEADER_PREFIX: Final = "sensorstream.dlq."
 MAX_ERROR_BYTES: Final = 1000
 """The ``error`` header is cut to this many UTF-8 bytes (so characters), never mid-character."""
+REPLAYS_HEADER: Final = "sensorstream-replays"
+"""Set by ``sensorstream dlq replay`` on every record it puts back: how often the event
+has been replayed (``1`` the first time). It is one of the record's own headers, so the
+DLQ keeps it like any other, and a replayed event that fails again carries its count."""
 
 
 class DeadLetterReason(enum.StrEnum):
@@ -49,6 +53,10 @@ class DeadLetterReason(enum.StrEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeadLetterHeaders:
     """Why and from where an event was dead-lettered, as Kafka record headers."""
+
+    PREFIX: ClassVar[str] = HEADER_PREFIX
+    """Every header of ours starts with it; the others are the original record's."""
+    REPLAYS: ClassVar[str] = REPLAYS_HEADER
 
     reason: DeadLetterReason
     error: str
