@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from sensorstream.runtime import StopSignal, load_settings, run_service
 
-from ._service import ProcessorService, configure
+from ._service import ProcessorService, configure, configure_tracing
 from .settings import ProcessorSettings
 
 
@@ -17,6 +17,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure(settings)
 
     async def run(stop: StopSignal) -> int:
+        configure_tracing(settings)  # in here, so a bad OTEL_* value exits 2 with one line
         return await ProcessorService(settings).run(stop)
 
     sys.exit(run_service(run, prog=ProcessorSettings.service_name))

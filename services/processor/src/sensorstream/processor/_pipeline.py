@@ -22,6 +22,12 @@ their outputs acknowledged; they only rebuild window and alert state. Nothing th
 cause is emitted, including windows that close during the replay (those aggregates
 were emitted before the restart). Windows still open when the replay ends are
 emitted later, in full, as usual.
+
+Tracing (``PipelineConfig.trace_outputs``, set while tracing is on): the pipeline notes
+the trace context each record carried (``_tracing.TraceOrigins``) and gives every
+aggregate the context of its window's first reading and every alert that of its
+reading, as headers; a dead letter has its record's headers anyway. The worker turns
+those into spans. That is data carried along, not a side effect: the pipeline stays pure.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from sensorstream.schema import (
 
 from ._alerts import AlertRules, AlertThresholds
 from ._dead_letters import DeadLetterWriter, OutputRecord
+from ._tracing import TraceOrigins
 from ._windows import NO_WATERMARK, SensorWindow, TumblingWindows
 
 __all__ = [
@@ -104,6 +111,8 @@ class PipelineConfig:
     dlq_topic: str = DLQ_TOPIC
     dlq_max_bytes: int = DEFAULT_DLQ_MAX_BYTES
     """The largest record the DLQ takes; bigger dead letters are cut to fit."""
+    trace_outputs: bool = False
+    """Carry each output's origin trace context in its headers (tracing on; module doc)."""
 
     def __post_init__(self) -> None:
         if self.window_size_ms <= 0:
@@ -161,6 +170,9 @@ class BatchResult:
     metrics sample these two; within a partition events are nearly in time order)."""
     event_time_max: int | None = None
     """The larger of those two event times."""
+    origins: Sequence[list[tuple[str, bytes]]] = ()
+    """The distinct trace contexts (as headers) the batch's records carried, in order (for
+    ``close_idle``: those its aggregates continue); always empty unless ``trace_outputs``."""
 
 
 class PartitionPipeline:
@@ -195,6 +207,8 @@ class PartitionPipeline:
         self.dead_letters = DeadLetterWriter(
             topic=config.dlq_topic, instance=config.instance, max_bytes=config.dlq_max_bytes
         )
+        self.origins = TraceOrigins() if config.trace_outputs else None
+        """Each offset's trace context, while tracing is on (see the module doc)."""
 
     @property
     def open_windows(self) -> int:
@@ -214,6 +228,9 @@ class PartitionPipeline:
         """Decode, window, alert and route ``records`` (in offset order) at wall time ``now``."""
         # Hot path: once per event; locals only, no logging, no exceptions for control flow.
         result = BatchResult()
+        origins = self.origins
+        if origins is not None:
+            result.origins = origins.note(records)
         append_valid = result.valid.append if self.collect_valid else None
         closed: list[SensorWindow] = []
         add_to_window = self._windows.add
@@ -267,7 +284,7 @@ class PartitionPipeline:
             ):
                 alerts = transition(reading)
                 if alerts is not None:
-                    self._emit_alerts(alerts, result)
+                    self._emit_alerts(alerts, result, offset)
             if append_valid is not None:
                 append_valid((record, reading))
             if first is None:
@@ -276,6 +293,9 @@ class PartitionPipeline:
         result.ok = ok
         result.late = late
         result.replayed = replayed
+        if origins is not None and records:
+            floor = self._windows.commit_floor()
+            origins.forget_before(records[-1].offset + 1 if floor is None else floor)
         if first is not None and last is not None:
             result.event_time_min = min(first.event_time, last.event_time)
             result.event_time_max = max(first.event_time, last.event_time)
@@ -293,6 +313,10 @@ class PartitionPipeline:
         self._windows.close_all(closed)
         if closed:
             self._emit_aggregates(closed, result)
+            if self.origins is not None:
+                # No records here: the contexts are those the aggregates continue.
+                distinct = {tuple(out.headers): out.headers for out in result.outputs}
+                result.origins = [headers for headers in distinct.values() if headers]
         return result
 
     def _sensor_key(self, sensor_id: str) -> bytes:
@@ -308,23 +332,27 @@ class PartitionPipeline:
     def _emit_aggregates(self, closed: list[SensorWindow], result: BatchResult) -> None:
         topic = self.config.aggregates_topic
         append = result.outputs.append
+        origins = self.origins
         for window in closed:
             append(
                 OutputRecord(
                     topic,
                     self._sensor_key(window.sensor_id),
                     window.encode(),
-                    [],
+                    [] if origins is None else origins.at(window.first_offset),
                 )
             )
         result.aggregates += len(closed)
         closed.clear()
 
-    def _emit_alerts(self, alerts: list[Any], result: BatchResult) -> None:
+    def _emit_alerts(self, alerts: list[Any], result: BatchResult, offset: int) -> None:
+        """The alerts of the reading at ``offset``."""
         topic = self.config.alerts_topic
+        origins = self.origins
         for alert in alerts:
+            headers = [] if origins is None else origins.at(offset)
             result.outputs.append(
-                OutputRecord(topic, self._sensor_key(alert.sensor_id), encode_alert(alert), [])
+                OutputRecord(topic, self._sensor_key(alert.sensor_id), encode_alert(alert), headers)
             )
             result.alerts[alert.kind] += 1
         result.alerts_emitted += len(alerts)

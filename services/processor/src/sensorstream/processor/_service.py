@@ -46,6 +46,7 @@ from sensorstream.runtime import (
     named_topology,
     retry,
     startup_policy,
+    tracing,
     until_stopped,
 )
 from sensorstream.schema import Topology
@@ -119,6 +120,7 @@ def pipeline_config(
         alerts_topic=settings.alerts_topic,
         dlq_topic=settings.dlq_topic,
         dlq_max_bytes=dlq_max_bytes,
+        trace_outputs=tracing.enabled,
     )
 
 
@@ -416,6 +418,16 @@ async def _call_optional(handler: Handler, name: str) -> None:
     method = getattr(handler, name, None)
     if method is not None:
         await method()
+
+
+def configure_tracing(settings: ProcessorSettings) -> None:
+    """Tracing as the ``OTEL_*`` environment asks (off by default; docs/tracing.md).
+
+    Raises ``ConfigError`` for a bad ``OTEL_*`` value: call it where that exits 2.
+    """
+    tracing.configure_tracing(
+        settings.service_name, version=version(), instance=settings.instance_id
+    )
 
 
 def configure(settings: ProcessorSettings) -> None:

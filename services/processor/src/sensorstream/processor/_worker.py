@@ -16,6 +16,11 @@ When the partition is idle — the broker has confirmed for ``--idle-timeout`` t
 is caught up and silent (``PartitionFeed.quiet_for``), and nothing is buffered — the
 worker closes every open window and sends those aggregates, then checkpoints again.
 
+While tracing is on (``sensorstream.runtime.tracing``), each chunk (and each idle close)
+gets its spans from ``_tracing.PartitionTracing``, opened once the pipeline has run (but
+timed from the chunk's start) and ended once its outputs are written; with tracing off
+the worker does nothing for it.
+
 A worker touches only its own pipeline, feed (its consuming side) and sink; it knows
 nothing about the delivery mode. It runs as a task of the service's TaskGroup: a
 failure it cannot get past is raised as one :class:`~sensorstream.schema.FatalError`
@@ -33,13 +38,16 @@ from typing import Any
 import structlog
 from aiokafka import TopicPartition
 
+from sensorstream.runtime import tracing
 from sensorstream.schema import FatalError, OwnershipLostError
 
+from ._dead_letters import OutputRecord
 from ._delivery import Checkpoint, PartitionSink, ReplayMark
 from ._fetching import PartitionFeed
 from ._handling import HandlerRunner
 from ._metrics import PartitionMetrics, ProcessorMetrics
 from ._pipeline import BatchResult, PartitionPipeline
+from ._tracing import PartitionTracing
 
 __all__ = ["PartitionWorker", "WorkerOptions"]
 
@@ -81,6 +89,7 @@ class PartitionWorker:
         self._metrics = metrics
         self._pmetrics: PartitionMetrics = metrics.bind_partition(tp.partition)
         self._handler = handler
+        self._tracing = PartitionTracing(tp.topic, tp.partition) if tracing.enabled else None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.next_offset: int | None = None
@@ -169,6 +178,7 @@ class PartitionWorker:
                 await sink.checkpoint(self.checkpoint)
 
     async def _process(self, records: list[Any]) -> None:
+        started = time.time_ns() if self._tracing is not None else 0
         result = self.pipeline.process(records, time.time())
         outputs = result.outputs
         truncated = result.truncated
@@ -178,8 +188,7 @@ class PartitionWorker:
                 outputs = [*outputs, *outcome.dead_letters]
                 truncated += outcome.truncated
                 self._count_handler_dead_letters(len(outcome.dead_letters))
-        if outputs:
-            await self._sink.send(outputs)
+        await self._send(records, result, outputs, started)
         # Done: the outputs are acknowledged (or in the open transaction).
         self.next_offset = records[-1].offset + 1
         self.processed += len(records)
@@ -187,10 +196,44 @@ class PartitionWorker:
         self.checkpoint = self._take_checkpoint()
         self.feed.done(len(records), self.next_offset, result.event_time_max)
 
+    async def _send(
+        self, records: list[Any], result: BatchResult, outputs: list[OutputRecord], started: int
+    ) -> None:
+        """Send the outputs of ``records`` (processing began at ``started``, in ns, if
+        tracing is on) and wait until they are safely written."""
+        if self._tracing is not None:
+            await self._send_traced(self._tracing, records, result, outputs, started)
+        elif outputs:
+            await self._sink.send(outputs)
+
+    async def _send_traced(
+        self,
+        spans: PartitionTracing,
+        records: list[Any],
+        result: BatchResult,
+        outputs: list[OutputRecord],
+        started: int,
+    ) -> None:
+        """``sink.send(outputs)`` within the chunk's spans (tracing on)."""
+        counts = {
+            "aggregates": result.aggregates,
+            "alerts": result.alerts_emitted,
+            "dead_letters": len(outputs) - result.aggregates - result.alerts_emitted,
+        }
+        chunk = spans.begin(records, result.origins, outputs, counts, started)
+        try:
+            if outputs:
+                await self._sink.send(outputs)
+        except BaseException as exc:
+            chunk.end(exc)
+            raise
+        chunk.end()
+
     async def _close_idle(self) -> None:
+        started = time.time_ns() if self._tracing is not None else 0
         result = self.pipeline.close_idle()
         if result.outputs:
-            await self._sink.send(result.outputs)
+            await self._send([], result, result.outputs, started)
             self._account(result, 0, 0)
             log.info(
                 "partition_idle",

@@ -47,6 +47,7 @@ from sensorstream.runtime import (
     kafka_errors,
     retry,
     startup_policy,
+    tracing,
     until_stopped,
 )
 from sensorstream.schema import TOPOLOGY
@@ -469,7 +470,8 @@ class ProducerService:
 async def run(
     settings: ProducerSettings, stop: StopSignal, *, registry: CollectorRegistry = REGISTRY
 ) -> int:
-    """Configure logging and run one producer until done or stopped; return the exit status."""
+    """Configure logging and tracing, run one producer until done or stopped; return the
+    exit status."""
     configure_logging(
         service=settings.service_name,
         version=package_version(),
@@ -477,5 +479,9 @@ async def run(
         fmt=settings.resolved_log_format(),
         level=settings.log_level,
         secrets=settings.secret_values(),
+    )
+    # Off unless OTEL_TRACES_EXPORTER asks for it (docs/tracing.md).
+    tracing.configure_tracing(
+        settings.service_name, version=package_version(), instance=settings.instance_id
     )
     return await ProducerService(settings, stop, registry=registry).run()
