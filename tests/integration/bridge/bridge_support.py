@@ -179,6 +179,7 @@ def start_devices(
     rate: float,
     poison_every: int = 0,
     seed: int = 7,
+    sensor_prefix: str = "sensor-",
 ) -> Devices:
     log_path = tmp_path / f"{unique('devices')}.log"
     env = {
@@ -205,6 +206,8 @@ def start_devices(
         f"{target.prefix}/{{sensor_id}}/readings",
         "--poison-every",
         str(poison_every),
+        "--sensor-prefix",
+        sensor_prefix,
     ]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT)

@@ -12,7 +12,9 @@ import pytest
 
 from sensorstream.bridge import BridgeSettings, DevicesSettings
 from sensorstream.bridge.settings import check_topic_filter
+from sensorstream.producer._simulation import SensorFleet
 from sensorstream.runtime import load_settings
+from sensorstream.schema._constants import is_sensor_id
 
 
 def _load(*argv: str) -> BridgeSettings:
@@ -113,6 +115,22 @@ class TestDevices:
         with pytest.raises(SystemExit):
             load_settings(DevicesSettings, ["--topic-template", "sensors/readings"])
         assert "{sensor_id}" in capsys.readouterr().err
+
+    def test_sensor_prefix_names_the_fleet(self) -> None:
+        """--sensor-prefix device- gives device-0000 ..., each a valid sensor id."""
+        settings = load_settings(DevicesSettings, ["--sensor-prefix", "device-", "--sensors", "3"])
+        fleet = SensorFleet(settings.sensors, id_prefix=settings.sensor_prefix)
+        assert ["device-0000", "device-0001", "device-0002"] == fleet.sensor_ids
+        assert all(is_sensor_id(sensor) for sensor in fleet.sensor_ids)
+
+    @pytest.mark.parametrize("prefix", ["", "dev ice-", "d/", "x" * 58])
+    def test_a_prefix_that_makes_no_valid_id_exits_2(
+        self, prefix: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Empty, a character sensor ids can't hold, or too long for 64 with the number."""
+        with pytest.raises(SystemExit):
+            load_settings(DevicesSettings, ["--sensor-prefix", prefix])
+        assert "SENSORSTREAM_SENSOR_PREFIX" in capsys.readouterr().err
 
 
 class TestCommandLine:

@@ -103,7 +103,10 @@ class DeviceGateway:
         self.settings = settings
         self.stop = stop
         self.fleet = SensorFleet(
-            settings.sensors, seed=settings.seed, anomaly_probability=settings.anomaly_probability
+            settings.sensors,
+            seed=settings.seed,
+            anomaly_probability=settings.anomaly_probability,
+            id_prefix=settings.sensor_prefix,
         )
         template = settings.topic_template
         self._topics = {

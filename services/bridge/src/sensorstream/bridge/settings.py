@@ -20,6 +20,7 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from sensorstream.producer._simulation import DEFAULT_SENSOR_PREFIX
 from sensorstream.runtime import ENV_PREFIX, ServiceSettings
 from sensorstream.runtime.settings import read_secret_file
 from sensorstream.schema import DLQ_TOPIC, INPUT_TOPIC
@@ -38,6 +39,8 @@ __all__ = [
 DEFAULT_TOPIC_FILTER = "sensors/+/readings"
 DEFAULT_CLIENT_ID = "sensorstream-mqtt-bridge"
 Compression = Literal["none", "gzip", "lz4", "zstd"]
+MAX_SENSOR_PREFIX = 57
+"""A sensor id is at most 64 characters: the prefix and up to 7 digits."""
 MqttProtocol = Literal["3.1.1", "5"]
 
 
@@ -204,6 +207,14 @@ class DevicesSettings(MqttClientSettings):
         description="MQTT client id of the simulated gateway.",
     )
     sensors: int = Field(10, ge=1, le=1_000_000, description="Number of simulated sensors.")
+    sensor_prefix: str = Field(
+        DEFAULT_SENSOR_PREFIX,
+        min_length=1,
+        max_length=MAX_SENSOR_PREFIX,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Sensor ids are this prefix and a zero-padded number (sensor-0000 ..); "
+        "give each fleet sharing an input topic a prefix of its own, e.g. device-.",
+    )
     rate: float = Field(100.0, gt=0, le=10_000_000, description="Readings per second.")
     count: int | None = Field(None, ge=1, description="Stop after this many readings.")
     duration: float | None = Field(None, gt=0, description="Stop after this many seconds.")

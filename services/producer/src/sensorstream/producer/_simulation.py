@@ -29,10 +29,19 @@ import binascii
 import math
 import random
 from collections.abc import Sequence
+from typing import Final
 
 from sensorstream.schema import HUMIDITY_RANGE, SCHEMA_VERSION, TEMPERATURE_RANGE
 
-__all__ = ["DAY_MS", "EncodedReading", "SensorFleet", "event_ids", "sensor_ids", "seq_of"]
+__all__ = [
+    "DAY_MS",
+    "DEFAULT_SENSOR_PREFIX",
+    "EncodedReading",
+    "SensorFleet",
+    "event_ids",
+    "sensor_ids",
+    "seq_of",
+]
 
 EncodedReading = tuple[bytes, bytes]
 """(key, value): the sensor id and the v1 JSON reading, both UTF-8 bytes."""
@@ -87,10 +96,14 @@ def seq_of(value: bytes) -> int:
     return int(value[start : value.index(b",", start)])
 
 
-def sensor_ids(count: int) -> list[str]:
-    """``sensor-0000`` .. ``sensor-<count-1>``, zero-padded to a common width (at least 4)."""
+DEFAULT_SENSOR_PREFIX: Final = "sensor-"
+
+
+def sensor_ids(count: int, prefix: str = DEFAULT_SENSOR_PREFIX) -> list[str]:
+    """``sensor-0000`` .. ``sensor-<count-1>`` (or ``prefix`` in place of ``sensor-``),
+    zero-padded to a common width (at least 4)."""
     width = max(4, len(str(count - 1)))
-    return [f"sensor-{i:0{width}d}" for i in range(count)]
+    return [f"{prefix}{i:0{width}d}" for i in range(count)]
 
 
 class SensorFleet:
@@ -115,7 +128,12 @@ class SensorFleet:
     )
 
     def __init__(
-        self, sensors: int, *, seed: int | None = None, anomaly_probability: float = 0.0
+        self,
+        sensors: int,
+        *,
+        seed: int | None = None,
+        anomaly_probability: float = 0.0,
+        id_prefix: str = DEFAULT_SENSOR_PREFIX,
     ) -> None:
         if sensors < 1:
             raise ValueError(f"sensors must be >= 1, got {sensors}")
@@ -129,7 +147,7 @@ class SensorFleet:
         self._id_rng = random.Random(self._id_seed)
         self.sensors = sensors
         self._anomaly_probability = anomaly_probability
-        self._ids = sensor_ids(sensors)
+        self._ids = sensor_ids(sensors, id_prefix)
         self._keys = [sensor_id.encode() for sensor_id in self._ids]
         uniform = rng.uniform
         self._temp_base = [uniform(12.0, 28.0) for _ in range(sensors)]
