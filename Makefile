@@ -92,7 +92,11 @@ run-stop: sync
 images:
 	$(CONTAINER) build $(BUILD_FORMAT) -f services/producer/Dockerfile -t sensorstream-producer:$(IMAGE_TAG) .
 	$(CONTAINER) build $(BUILD_FORMAT) -f services/processor/Dockerfile -t sensorstream-processor:$(IMAGE_TAG) .
+	$(CONTAINER) build $(BUILD_FORMAT) -f services/bridge/Dockerfile -t sensorstream-bridge:$(IMAGE_TAG) .
+	$(CONTAINER) build $(BUILD_FORMAT) -f services/sink/Dockerfile -t sensorstream-sink:$(IMAGE_TAG) .
 	$(CONTAINER) build $(BUILD_FORMAT) -f deploy/compose/kafka/Dockerfile -t localhost/sensorstream-kafka:4.1.1 .
+	$(CONTAINER) build $(BUILD_FORMAT) -f deploy/compose/mosquitto/Dockerfile -t localhost/sensorstream-mosquitto:debian .
+	$(CONTAINER) build $(BUILD_FORMAT) -f deploy/compose/postgres/Dockerfile -t localhost/sensorstream-postgres:debian .
 
 compose-config:
 	docker-compose -f docker-compose.yml config -q
@@ -102,7 +106,7 @@ compose-config:
 # files are 0644 in a 0700 directory: deploy/compose/secrets/README.md says why.
 compose-secrets:
 	@mkdir -p deploy/compose/secrets && chmod 0700 deploy/compose/secrets
-	@set -e; for name in sasl_password metrics_password; do \
+	@set -e; for name in sasl_password metrics_password postgres_password mqtt_password; do \
 		file=deploy/compose/secrets/$$name; \
 		if [ -e "$$file" ]; then echo "$$file: exists, kept"; continue; fi; \
 		password=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))'); \

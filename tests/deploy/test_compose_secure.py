@@ -39,27 +39,45 @@ from cryptography.hazmat.primitives import serialization
 from deploy_helpers import REPO, require_binary, run_tool
 
 from sensorstream.audit.settings import AuditSettings
+from sensorstream.bridge.settings import BridgeSettings, DevicesSettings
 from sensorstream.processor.settings import ProcessorSettings
 from sensorstream.producer.settings import ProducerSettings
 from sensorstream.runtime import ServiceSettings
 from sensorstream.runtime.kafka import connect_admin
 from sensorstream.runtime.topics import TopicsSettings
 from sensorstream.schema import SecurityError
+from sensorstream.sink.settings import SinkSettings
 
 COMPOSE = ("-f", "docker-compose.yml", "-f", "docker-compose.secure.yml")
+# The Kafka clients.
 SETTINGS: dict[str, type[ServiceSettings]] = {
     "producer": ProducerSettings,
     "processor": ProcessorSettings,
     "init-topics": TopicsSettings,
     "audit": AuditSettings,
+    "bridge": BridgeSettings,
+    "sink": SinkSettings,
 }
-METRICS_SERVICES = ("producer", "processor", "audit")
+# Every sensorstream service: the Kafka clients and the devices (MQTT only).
+ALL_SETTINGS: dict[str, type[ServiceSettings]] = {**SETTINGS, "devices": DevicesSettings}
+METRICS_SERVICES = ("producer", "processor", "audit", "bridge", "sink")
+MQTT_CLIENTS = ("bridge", "devices")
 # Everything that mounts what `certs` makes.
-AFTER_CERTS = ("kafka", "init-topics", "producer", "processor", "audit", "prometheus")
+AFTER_CERTS = (
+    "kafka",
+    "init-topics",
+    "producer",
+    "processor",
+    "audit",
+    "bridge",
+    "sink",
+    "prometheus",
+)
 KAFKA_DIR = REPO / "deploy" / "compose" / "kafka"
 MAKE_CERTS = KAFKA_DIR / "make-certs.sh"
 RUN_SH = KAFKA_DIR / "run.sh"
 SECRETS_DIR = REPO / "deploy" / "compose" / "secrets"
+MOSQUITTO_CONFIG = REPO / "deploy" / "compose" / "mosquitto" / "config"
 VOLUMES_WITH_THE_CA = ("kafka", "services", "prometheus")
 DEFAULT_CLUSTER_ID = "5L6g3nShT-eMCtK--X86sw"
 BROKER_START_TIMEOUT = 60.0
@@ -69,10 +87,12 @@ BROKER_START_TIMEOUT = 60.0
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
+    """The variables the container gets. A key the override sets to nothing (null) is not
+    set in the container (compose would pass the host's variable of that name, if any)."""
     env = service.get("environment") or {}
     if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {str(k): str(v) for k, v in env.items()}
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return {str(k): str(v) for k, v in env.items() if v is not None}
 
 
 def _mount(volume: str | dict[str, Any]) -> tuple[str, str, bool]:
@@ -133,7 +153,7 @@ def _settings(
         for key, value in env.items():
             patch.setenv(key, value)
         # From the environment, as the service reads it (pydantic-settings' own path).
-        return SETTINGS[name]()
+        return ALL_SETTINGS[name]()
 
 
 def _certificate(path: Path) -> x509.Certificate:
@@ -314,7 +334,7 @@ def certs(
     script = re.sub(r"/certs\b", str(out), script)
     result = subprocess.run(
         ["sh", "-c", script],
-        env={"PATH": os.environ["PATH"]},
+        env={"PATH": os.environ["PATH"], **_environment(resolved["services"]["certs"])},
         capture_output=True,
         text=True,
         check=False,
@@ -372,6 +392,11 @@ class TestValidity:
             "producer",
             "processor",
             "audit",
+            "mosquitto",
+            "postgres",
+            "bridge",
+            "devices",
+            "sink",
             "prometheus",
             "grafana",
         }
@@ -390,13 +415,13 @@ class TestSettings:
         )
         assert ("SASL_SSL", "SCRAM-SHA-512", "kafka:9092") == actual
 
-    @pytest.mark.parametrize("name", sorted(SETTINGS))
+    @pytest.mark.parametrize("name", sorted(ALL_SETTINGS))
     def test_every_sensorstream_variable_is_a_setting(
         self, resolved: dict[str, Any], name: str
     ) -> None:
         """Every SENSORSTREAM_* the two files set is a field of the service's settings."""
         env = _environment(resolved["services"][name])
-        fields = {f"SENSORSTREAM_{field.upper()}" for field in SETTINGS[name].model_fields}
+        fields = {f"SENSORSTREAM_{field.upper()}" for field in ALL_SETTINGS[name].model_fields}
         assert set() == {key for key in env if key.startswith("SENSORSTREAM_")} - fields
 
     @pytest.mark.parametrize("name", sorted(SETTINGS))
@@ -512,6 +537,8 @@ class TestSecrets:
         expected = {
             "sasl_password": SECRETS_DIR / "sasl_password",
             "metrics_password": SECRETS_DIR / "metrics_password",
+            "postgres_password": SECRETS_DIR / "postgres_password",
+            "mqtt_password": SECRETS_DIR / "mqtt_password",
         }
         assert expected == files
 
@@ -540,17 +567,18 @@ class TestSecrets:
         assert ([], True) == (missing, "make compose-secrets" in readme)
 
     def test_no_password_in_any_environment(self, resolved: dict[str, Any]) -> None:
-        """No service of ours (nor Kafka or Prometheus) gets a password in its environment:
-        only the paths of files holding them."""
+        """No service of ours (nor Kafka, Mosquitto, PostgreSQL or Prometheus) gets a
+        password in its environment: only the paths of files holding them. The base file's
+        database password variables are removed, not just overridden."""
         offending = [
             f"{name}: {key}"
-            for name in (*SETTINGS, "kafka", "certs", "prometheus")
+            for name in (*ALL_SETTINGS, "kafka", "certs", "prometheus", "mosquitto", "postgres")
             for key in _environment(resolved["services"][name])
             if "PASSWORD" in key and not key.endswith("_PASSWORD_FILE")
         ]
         assert [] == offending
 
-    @pytest.mark.parametrize("name", sorted(SETTINGS))
+    @pytest.mark.parametrize("name", [*sorted(ALL_SETTINGS), "postgres"])
     def test_password_files_are_the_services_secrets(
         self, resolved: dict[str, Any], name: str
     ) -> None:
@@ -572,6 +600,122 @@ class TestSecrets:
         }
         assert {(kafka["SCRAM_USERNAME"], kafka["SCRAM_PASSWORD_FILE"])} == logins
         assert "/run/secrets/sasl_password" == kafka["SCRAM_PASSWORD_FILE"]
+
+
+class TestMqttLogins:
+    def test_mosquitto_refuses_anonymous_clients(self, resolved: dict[str, Any]) -> None:
+        """Mosquitto starts with mosquitto-secure.conf (anonymous off, a password file),
+        the mounted file beside the plain stack's."""
+        script = resolved["services"]["mosquitto"]["entrypoint"][-1]
+        conf = re.search(r"-c (/mosquitto/config/\S+)$", script)
+        assert conf is not None
+        host = _host_path(resolved, "mosquitto", conf.group(1), Path(), Path())
+        assert host == MOSQUITTO_CONFIG / "mosquitto-secure.conf"
+        options = dict(
+            line.split(" ", 1)
+            for line in host.read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        )
+        assert ("false", True) == (
+            options["allow_anonymous"],
+            options["password_file"].startswith("/tmp/"),
+        )
+
+    def test_entrypoint_makes_the_password_file_the_clients_log_in_with(
+        self, resolved: dict[str, Any], secrets: Path, tmp_path: Path
+    ) -> None:
+        """Run here (this machine's mosquitto_passwd, /tmp and /run/secrets mapped), the
+        entrypoint writes the file mosquitto-secure.conf names, 0600, with exactly the user
+        the bridge and the devices log in as, its password hashed, then execs mosquitto."""
+        require_binary("mosquitto_passwd")
+        service = resolved["services"]["mosquitto"]
+        assert ["/bin/sh", "-c"] == service["entrypoint"][:2]
+        script = service["entrypoint"][2].replace("$$", "$")
+        script = script.replace("/tmp/", f"{tmp_path}/").replace("/run/secrets/", f"{secrets}/")
+        script = script.replace("/usr/bin/mosquitto_passwd", require_binary("mosquitto_passwd"))
+        script = script.replace("exec /usr/sbin/mosquitto", "exec echo mosquitto")
+        result = subprocess.run(
+            ["sh", "-c", script],
+            env={"PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        assert 0 == result.returncode, result.stderr
+        conf = (MOSQUITTO_CONFIG / "mosquitto-secure.conf").read_text()
+        password_file = re.search(r"^password_file /tmp/(\S+)$", conf, re.MULTILINE)
+        assert password_file is not None
+        made = tmp_path / password_file.group(1)
+        users = dict(line.split(":", 1) for line in made.read_text().splitlines())
+        logins = {
+            (env["SENSORSTREAM_MQTT_USERNAME"], env["SENSORSTREAM_MQTT_PASSWORD_FILE"])
+            for env in (_environment(resolved["services"][name]) for name in MQTT_CLIENTS)
+        }
+        assert {(user, "/run/secrets/mqtt_password") for user in users} == logins
+        assert all(hashed.startswith("$7$") for hashed in users.values())
+        assert 0o600 == stat.S_IMODE(made.stat().st_mode)
+        assert result.stdout.startswith("mosquitto -c /mosquitto/config/mosquitto-secure.conf")
+
+    @pytest.mark.parametrize("name", MQTT_CLIENTS)
+    def test_clients_load_the_mqtt_password(
+        self, resolved: dict[str, Any], certs: Path, secrets: Path, name: str
+    ) -> None:
+        """Bridge and devices read the MQTT password from the secret."""
+        settings = _settings(resolved, name, certs, secrets)
+        assert settings.mqtt_password is not None  # type: ignore[attr-defined]
+        password = settings.mqtt_password.get_secret_value()  # type: ignore[attr-defined]
+        assert "test-mqtt_password-value" == password
+
+
+class TestDatabasePassword:
+    def test_postgres_takes_the_secret_only(self, resolved: dict[str, Any]) -> None:
+        """PostgreSQL initialises with POSTGRES_PASSWORD_FILE, the secret; the base file's
+        POSTGRES_PASSWORD is removed (the images refuse both)."""
+        postgres = resolved["services"]["postgres"]
+        env = _environment(postgres)
+        mounted = [secret["source"] for secret in postgres["secrets"]]
+        actual = ("POSTGRES_PASSWORD" in env, env["POSTGRES_PASSWORD_FILE"], mounted)
+        assert (False, "/run/secrets/postgres_password", ["postgres_password"]) == actual
+
+    def test_sink_logs_in_with_the_secret(
+        self, resolved: dict[str, Any], certs: Path, secrets: Path
+    ) -> None:
+        """The sink loads its database password from the same secret (with the base file's
+        SENSORSTREAM_DATABASE_PASSWORD left in, it would refuse to start: both given), as
+        the user and database PostgreSQL creates."""
+        settings = _settings(resolved, "sink", certs, secrets)
+        postgres = _environment(resolved["services"]["postgres"])
+        assert settings.database_password is not None  # type: ignore[attr-defined]
+        actual = (
+            settings.database_password.get_secret_value(),  # type: ignore[attr-defined]
+            settings.database_user,  # type: ignore[attr-defined]
+            settings.database_name,  # type: ignore[attr-defined]
+        )
+        expected = (
+            "test-postgres_password-value",
+            postgres["POSTGRES_USER"],
+            postgres["POSTGRES_DB"],
+        )
+        assert expected == actual
+
+    def test_grafana_reads_the_secret(self, resolved: dict[str, Any]) -> None:
+        """Grafana's PostgreSQL datasource is replaced by the same one reading the password
+        from the postgres_password secret Grafana mounts; its environment has none."""
+        grafana = resolved["services"]["grafana"]
+        target = "/etc/grafana/provisioning/datasources/postgres.yml"
+        # A file mounted onto a file inside the provisioning directory's mount.
+        source = next(Path(host) for host, at, _ in map(_mount, grafana["volumes"]) if at == target)
+        base = REPO / "deploy" / "grafana" / "provisioning" / "datasources" / "postgres.yml"
+        secure, plain = (yaml.safe_load(path.read_text()) for path in (source, base))
+        password = secure["datasources"][0]["secureJsonData"].pop("password")
+        plain["datasources"][0]["secureJsonData"].pop("password")
+        mounted = [secret["source"] for secret in grafana["secrets"]]
+        assert (plain, "$__file{/run/secrets/postgres_password}") == (secure, password)
+        assert (["postgres_password"], False) == (
+            mounted,
+            "SENSORSTREAM_POSTGRES_PASSWORD" in _environment(grafana),
+        )
 
 
 class TestKafka:
@@ -796,7 +940,8 @@ class TestPrometheus:
     def test_every_metrics_service_is_scraped_with_a_login(
         self, prometheus_config: dict[str, Any]
     ) -> None:
-        """The secure config logs in to the producer, the processors and the audit."""
+        """The secure config logs in to the producer, the processors, the audit, the bridge
+        and the sinks."""
         assert set(METRICS_SERVICES) == set(self._jobs(prometheus_config))
 
     @pytest.mark.parametrize("name", METRICS_SERVICES)
@@ -866,7 +1011,7 @@ class TestMakeCerts:
         """The metrics certificate is for every scraped service and for localhost (the
         healthchecks)."""
         sans = _sans(_certificate(certs / "services" / "metrics.pem"))
-        assert {"producer", "processor", "audit", "localhost", "127.0.0.1"} <= sans
+        assert {*METRICS_SERVICES, "localhost", "127.0.0.1"} <= sans
 
     @pytest.mark.parametrize("cert", ["kafka/broker.pem", "services/metrics.pem"])
     def test_openssl_verifies_against_the_ca(self, certs: Path, cert: str) -> None:

@@ -146,6 +146,6 @@ class TestSecureScrapeConfig:
                 {"username": "prometheus", "password_file": "/run/secrets/metrics_password"},
                 {"ca_file": "/run/secrets/ca.pem", "server_name": service},
             )
-            for service in ("producer", "processor", "audit")
+            for service in ("producer", "processor", "audit", "bridge", "sink")
         }
         assert expected == actual

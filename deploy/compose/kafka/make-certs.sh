@@ -29,7 +29,7 @@ out=$1
 BROKER_SANS=${BROKER_SANS:-DNS:kafka,DNS:localhost,IP:127.0.0.1}
 # Prometheus checks each job's server_name (deploy/prometheus/prometheus-secure.yml); the
 # image healthchecks connect to localhost.
-METRICS_SANS=${METRICS_SANS:-DNS:producer,DNS:processor,DNS:audit,DNS:localhost,IP:127.0.0.1}
+METRICS_SANS=${METRICS_SANS:-DNS:producer,DNS:processor,DNS:audit,DNS:bridge,DNS:sink,DNS:localhost,IP:127.0.0.1}
 CA_DAYS=${CA_DAYS:-3650}
 LEAF_DAYS=${LEAF_DAYS:-825}
 RENEW_DAYS=${RENEW_DAYS:-30}
