@@ -71,7 +71,8 @@ kafka-logs:
 	$(KAFKACTL) logs
 
 # ---- run: the local stack, images, compose (deploy issue; owned by deploy) -------------
-# `make run` (PROCESSORS=3 make run): Kafka, topics, Prometheus, producer and processors
+# `make run` (PROCESSORS=3 make run): Kafka, topics, Prometheus, producer, processors, audit,
+# Mosquitto + bridge + devices, PostgreSQL + sink (RUN_ARGS=--no-edges leaves those out)
 # with a live view; Ctrl-C stops everything. `make run-stop` cleans up after a lost terminal.
 PROCESSORS ?= 2
 RUN_ARGS ?=

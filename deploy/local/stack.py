@@ -3,232 +3,196 @@
 Starts, in order: a real local Kafka (``deploy/kafka/kafkactl``, fresh data each run),
 the pipeline's topics, Prometheus (Debian's package; the stack runs without it if it
 cannot be installed) scraping every service and loading our alert rules, the producer,
-N processors and one ``sensorstream-audit --follow``, each on its own metrics port. Then
-it shows a live terminal view (rich) built from the services' ``/metrics``, or with
-``--no-ui`` one summary line every few seconds. Ctrl-C (or SIGTERM, or ``--duration``)
-stops everything: the services and Prometheus each lead their own process group and get
-SIGTERM, then SIGKILL after a grace period; Kafka is stopped through kafkactl. A second
-Ctrl-C skips the grace period.
+N processors, one ``sensorstream-audit --follow``, and at the edges of the pipeline:
+Mosquitto (``deploy/mqtt/mosquittoctl``) with the MQTT bridge and the device simulator
+publishing to it (sensor ids ``device-0000`` .., so they never collide with the
+producer's ``sensor-0000`` ..), and PostgreSQL (``deploy/postgres/pgctl``) with the sink
+writing the aggregates and alerts into it. Mosquitto and PostgreSQL start while Kafka
+does, with fresh data each run; either is left out (one line says so) when it is not
+installed, or with ``--no-mqtt`` / ``--no-sink`` / ``--no-edges``. Each service has its
+own metrics port. Then it shows a live terminal view (rich, ``stack_view.py``) built
+from the services' ``/metrics``, or with ``--no-ui`` one summary line every few seconds.
 
-The stack records what it started in ``<state-dir>/state.json`` (ports, pids, URLs; the
-integration test reads it). ``stack.py stop`` stops a stack whose terminal went away,
-touching only processes whose environment carries this state dir's marker.
+Ctrl-C (or SIGTERM, or ``--duration``) stops everything: the services and Prometheus
+each lead their own process group and get SIGTERM, then SIGKILL after a grace period
+(``stack_processes.py``); then Mosquitto, PostgreSQL and Kafka are stopped through their
+ctl modules. A second Ctrl-C skips the grace period.
+
+The stack records what it started in ``<state-dir>/state.json`` (ports, pids, URLs, the
+data dirs of Mosquitto and PostgreSQL; the integration test reads it). ``stack.py stop``
+stops a stack whose terminal went away, touching only processes whose environment
+carries this state dir's marker, and the servers of the data dirs it recorded.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
+import grp
 import json
 import os
+import pwd
 import shutil
 import signal
-import subprocess
 import sys
+import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "deploy" / "kafka"))
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported (the tests), not run
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import kafkactl  # noqa: E402
+from stack_prereqs import (
+    ensure_kafka_prerequisites,
+    ensure_mosquitto,
+    ensure_postgres,
+    ensure_prometheus,
+    missing_line,
+    searchable_by,
+)
+from stack_processes import (
+    HOST,
+    MARKER_ENV,
+    REPO,
+    STOP_GRACE,
+    Child,
+    Stack,
+    StackError,
+    StopRequested,
+    force_stop,
+    forced,
+    free_port,
+    free_ports,
+    kafkactl,
+    mosquittoctl,
+    pgctl,
+    signal_group,
+    spawn,
+    stop_children,
+    tail,
+    wait_http,
+    wait_log,
+)
+from stack_view import (
+    Reading,
+    Sampler,
+    by_label,
+    parse_metrics,
+    render,
+    summary_line,
+    total,
+)
 
-from sensorstream.schema import TOPOLOGY  # noqa: E402
+from sensorstream.schema import TOPOLOGY
 
-__all__ = ["main", "parse_metrics", "prometheus_config"]
+__all__ = [
+    "Child",
+    "Reading",
+    "Sampler",
+    "Stack",
+    "by_label",
+    "devices_environment",
+    "main",
+    "parse_args",
+    "parse_metrics",
+    "postgres_location",
+    "prometheus_config",
+    "render",
+    "summary_line",
+    "total",
+]
 
 DEFAULT_STATE_DIR = REPO / ".cache" / "local-stack"
 RULES_FILE = REPO / "deploy" / "prometheus" / "sensorstream.rules.yml"
 TOPICS = tuple(spec.name for spec in TOPOLOGY)
-HOST = "127.0.0.1"
-MARKER_ENV = "SENSORSTREAM_LOCAL_STACK_DIR"  # not a service setting: identifies our children
-STOP_GRACE = 20.0  # services flush and commit within their shutdown_timeout (15 s)
-READY_TIMEOUT = 60.0
 PRODUCER_JOB = "sensorstream-producer"
 PROCESSOR_JOB = "sensorstream-processor"
 AUDIT_JOB = "sensorstream-audit"
+BRIDGE_JOB = "sensorstream-bridge"
+SINK_JOB = "sensorstream-sink"
+DEVICES_SENSOR_PREFIX = "device-"  # the producer's sensors are sensor-0000 ..
+START_ATTEMPTS = 3  # a free port taken by someone else meanwhile: pick another
 
 
-class StackError(Exception):
-    """A start-up failure with a one-line message that says what to do."""
+# --------------------------------------------------------------------------- configuration
 
 
-class StopRequested(Exception):  # noqa: N818 - a request, not an error
-    """SIGTERM/SIGHUP arrived: stop like on Ctrl-C."""
+def prometheus_config(
+    *,
+    producers: Sequence[str],
+    processors: Sequence[str],
+    audits: Sequence[str],
+    rules: Path,
+    bridges: Sequence[str] = (),
+    sinks: Sequence[str] = (),
+    interval: str = "2s",
+) -> str:
+    """Prometheus config (JSON is YAML) scraping the local services under the compose job
+    names; the bridge's and the sink's jobs only when they run."""
+    jobs = [(PRODUCER_JOB, producers), (PROCESSOR_JOB, processors), (AUDIT_JOB, audits)]
+    jobs += [
+        (job, targets) for job, targets in ((BRIDGE_JOB, bridges), (SINK_JOB, sinks)) if targets
+    ]
+    config = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(rules)],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": list(targets)}]}
+            for job, targets in jobs
+        ],
+    }
+    return json.dumps(config, indent=2) + "\n"
 
 
-# --------------------------------------------------------------------------- prerequisites
+def devices_environment(*, mqtt_port: int, rate: float, sensors: int) -> dict[str, str]:
+    """The device simulator's settings: ``sensors`` sensors named ``device-0000`` .. (the
+    producer's are ``sensor-0000`` ..: the audit must see one seq stream per sensor) at
+    ``rate`` readings per second, until stopped."""
+    return {
+        "SENSORSTREAM_MQTT_HOST": HOST,
+        "SENSORSTREAM_MQTT_PORT": str(mqtt_port),
+        "SENSORSTREAM_SENSORS": str(sensors),
+        "SENSORSTREAM_SENSOR_PREFIX": DEVICES_SENSOR_PREFIX,
+        "SENSORSTREAM_RATE": str(rate),
+        "SENSORSTREAM_INSTANCE_ID": "devices",
+    }
 
 
-def _apt_install(packages: Sequence[str]) -> bool:
-    """Install Debian packages if we may (root and apt-get present); True on success."""
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        return False
-    print(f"stack: installing {' '.join(packages)} with apt-get ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    # Debian's prometheus package would start its own daemon on :9090; the stack starts
-    # exactly the processes it needs, so no package may start a service here.
-    policy = Path("/usr/sbin/policy-rc.d")
-    ours = not policy.exists()
-    if ours:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
+def devices_can_avoid_collisions() -> bool:
+    """True if the simulator takes a sensor id prefix (``--sensor-prefix``)."""
+    from sensorstream.bridge.settings import DevicesSettings
+
+    return "sensor_prefix" in DevicesSettings.model_fields
+
+
+def postgres_location(state_dir: Path) -> tuple[Path, bool]:
+    """Where PostgreSQL keeps its data, and whether that is a scratch dir of its own.
+
+    ``<state-dir>/postgres`` when the server's user can reach it. Run as root the server
+    runs as ``postgres``, which cannot enter e.g. ``/tmp/pytest-of-root`` (0700): then a
+    new 0755 directory in ``/tmp``, removed when the stack stops.
+    """
+    wanted = state_dir / "postgres"
+    if os.geteuid() != 0:
+        return wanted, False
     try:
-        subprocess.run(["apt-get", "update", "-q"], check=False, env=env, **quiet)
-        result = subprocess.run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
-            check=False,
-            env=env,
-            **quiet,
-        )
-    finally:
-        if ours:
-            policy.unlink(missing_ok=True)
-    return result.returncode == 0
+        user = pwd.getpwnam(pgctl.SERVER_USER_WHEN_ROOT)
+    except KeyError:
+        return wanted, False  # pgctl.start says what to install
+    gids = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
+    if searchable_by(state_dir, user.pw_uid, gids):
+        return wanted, False
+    scratch = Path(tempfile.mkdtemp(prefix="sensorstream-stack-pg-"))
+    scratch.chmod(0o755)
+    return scratch / "pg", True
 
 
-def ensure_kafka_prerequisites(*, install: bool) -> None:
-    missing = []
-    if shutil.which("java") is None:
-        missing.append("openjdk-17-jre-headless")
-    if shutil.which("mvn") is None:
-        missing.append("maven")
-    if missing and not (install and _apt_install(missing)):
-        raise StackError(
-            f"Kafka needs {' and '.join(missing)}: apt-get install -y {' '.join(missing)}"
-        )
-
-
-def ensure_prometheus(*, install: bool) -> str | None:
-    """Path of the prometheus binary, installing Debian's package if needed; None if absent."""
-    found = shutil.which("prometheus")
-    if found is None and install and _apt_install(["prometheus"]):
-        found = shutil.which("prometheus")
-    return found
-
-
-# --------------------------------------------------------------------------- processes
-
-
-@dataclass
-class Child:
-    """A process we started, leading its own process group."""
-
-    name: str
-    role: str  # producer | processor | audit | prometheus
-    process: subprocess.Popen[bytes]
-    log: Path
-    port: int
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-
-@dataclass
-class Stack:
-    state_dir: Path
-    kafka_dir: Path
-    bootstrap: str = ""
-    children: list[Child] = field(default_factory=list)
-    prometheus_url: str | None = None
-    kafka_started: bool = False
-
-    def services(self, role: str) -> list[Child]:
-        return [child for child in self.children if child.role == role]
-
-
-_force = False
-
-
-def _spawn(
-    stack: Stack, *, name: str, role: str, argv: list[str], env: dict[str, str], port: int
-) -> Child:
-    log = stack.state_dir / "logs" / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**env, MARKER_ENV: str(stack.state_dir)},
-            start_new_session=True,  # own group: Ctrl-C reaches us only; we stop it in order
-            cwd=REPO,
-        )
-    child = Child(name=name, role=role, process=process, log=log, port=port)
-    stack.children.append(child)
-    return child
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def stop_children(children: Sequence[Child], *, grace: float = STOP_GRACE) -> None:
-    """SIGTERM each group, wait up to ``grace`` s (less after a second Ctrl-C), SIGKILL."""
-    alive = [child for child in children if child.process.poll() is None]
-    for child in alive:
-        _signal_group(child.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline and not _force:
-        time.sleep(0.1)
-        alive = [child for child in alive if child.process.poll() is None]
-    for child in children:
-        # Also the group of an exited leader: a stray grandchild must not outlive us.
-        _signal_group(child.pid, signal.SIGKILL)
-    for child in children:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.process.wait(timeout=5)
-
-
-def _free_port(preferred: int | None = None) -> int:
-    if preferred and not kafkactl._port_in_use(preferred):
-        return preferred
-    return kafkactl.free_port()
-
-
-def _get(url: str, timeout: float = 1.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our URLs
-        return bytes(response.read())
-
-
-def _wait_http(child: Child, path: str, timeout: float = READY_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.process.poll() is not None:
-            raise StackError(
-                f"{child.name} exited with status {child.process.returncode}; "
-                f"log {child.log}:\n{_tail(child.log)}"
-            )
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            _get(child.url + path)
-            return
-        time.sleep(0.2)
-    raise StackError(f"{child.name} did not answer {child.url}{path} within {timeout:.0f} s")
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-# --------------------------------------------------------------------------- kafka + prometheus
+# --------------------------------------------------------------------------- kafka + topics
 
 
 async def _create_topics(bootstrap: str, partitions: int) -> None:
@@ -250,357 +214,112 @@ async def _create_topics(bootstrap: str, partitions: int) -> None:
         await admin.close()
 
 
-def prometheus_config(
-    *,
-    producers: Sequence[str],
-    processors: Sequence[str],
-    audits: Sequence[str],
-    rules: Path,
-    interval: str = "2s",
-) -> str:
-    """Prometheus config (JSON is YAML) scraping the local services under the compose job names."""
-    jobs = [(PRODUCER_JOB, producers), (PROCESSOR_JOB, processors), (AUDIT_JOB, audits)]
-    config = {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "rule_files": [str(rules)],
-        "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": list(targets)}]}
-            for job, targets in jobs
-        ],
-    }
-    return json.dumps(config, indent=2) + "\n"
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-Samples = dict[str, list[tuple[dict[str, str], float]]]
-
-
-def parse_metrics(text: str) -> Samples:
-    """Prometheus text format -> sample name -> [(labels, value)]."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-    return samples
-
-
-def total(samples: Samples, name: str, **match: str) -> float:
-    return sum(
-        value
-        for labels, value in samples.get(name, [])
-        if all(labels.get(k) == v for k, v in match.items())
-    )
-
-
-def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for labels, value in samples.get(name, []):
-        key = labels.get(label, "")
-        out[key] = out.get(key, 0.0) + value
-    return out
-
-
-@dataclass
-class Reading:
-    at: float
-    samples: Samples | None  # None: the service did not answer
-
-
-class Sampler:
-    """Scrapes every service once per tick and keeps the previous scrape for rates."""
-
-    def __init__(self, children: Sequence[Child]) -> None:
-        self.children = [c for c in children if c.role in ("producer", "processor", "audit")]
-        self.now: dict[str, Reading] = {}
-        self.before: dict[str, Reading] = {}
-
-    def tick(self) -> None:
-        for child in self.children:
-            at = time.monotonic()
-            try:
-                samples: Samples | None = parse_metrics(_get(child.url + "/metrics").decode())
-            except (OSError, urllib.error.URLError, ValueError):
-                samples = None
-            if child.name in self.now:
-                self.before[child.name] = self.now[child.name]
-            self.now[child.name] = Reading(at, samples)
-
-    def value(self, child: Child, name: str, **match: str) -> float | None:
-        reading = self.now.get(child.name)
-        if reading is None or reading.samples is None:
-            return None
-        return total(reading.samples, name, **match)
-
-    def rate(self, child: Child, name: str, **match: str) -> float | None:
-        now, before = self.now.get(child.name), self.before.get(child.name)
-        if not now or not before or now.samples is None or before.samples is None:
-            return None
-        elapsed = now.at - before.at
-        if elapsed <= 0:
-            return None
-        delta = total(now.samples, name, **match) - total(before.samples, name, **match)
-        return max(delta, 0.0) / elapsed
-
-    def labelled(self, child: Child, name: str, label: str) -> dict[str, float]:
-        reading = self.now.get(child.name)
-        if reading is None or reading.samples is None:
-            return {}
-        return by_label(reading.samples, name, label)
-
-    def labelled_rate(self, child: Child, name: str, label: str) -> dict[str, float]:
-        now, before = self.now.get(child.name), self.before.get(child.name)
-        if not now or not before or now.samples is None or before.samples is None:
-            return {}
-        elapsed = max(now.at - before.at, 1e-9)
-        old = by_label(before.samples, name, label)
-        return {
-            key: max(value - old.get(key, 0.0), 0.0) / elapsed
-            for key, value in by_label(now.samples, name, label).items()
-        }
-
-
-def prometheus_alerts(url: str | None) -> list[dict[str, Any]] | None:
-    if url is None:
-        return None
+def _start_kafka(stack: Stack, args: argparse.Namespace) -> None:
+    # Fresh broker data every run: the view then starts at zero and no old lag lingers.
+    kafkactl.stop(stack.kafka_dir, grace=10)
+    shutil.rmtree(stack.kafka_dir, ignore_errors=True)
+    port = free_port(args.kafka_port)
+    controller_port = kafkactl.free_port()
+    while controller_port == port:
+        controller_port = kafkactl.free_port()
+    print(f"stack: starting Kafka on {HOST}:{port} ...", flush=True)
+    stack.kafka_started = True
     try:
-        body = json.loads(_get(url + "/api/v1/alerts"))
-    except (OSError, urllib.error.URLError, ValueError):
+        cluster = kafkactl.start(
+            port=port, controller_port=controller_port, data_dir=stack.kafka_dir, timeout=90
+        )
+    except kafkactl.KafkactlError as exc:
+        raise StackError(str(exc)) from exc
+    stack.bootstrap = cluster.bootstrap
+    asyncio.run(_create_topics(stack.bootstrap, args.partitions))
+    print(f"stack: topics {', '.join(TOPICS)} ({args.partitions} partitions)", flush=True)
+
+
+# --------------------------------------------------------------------------- mosquitto + postgres
+
+
+def _start_mosquitto(data_dir: Path) -> mosquittoctl.MosquittoBroker:
+    for attempt in range(START_ATTEMPTS):
+        try:
+            return mosquittoctl.start(data_dir, port=mosquittoctl.stable_free_port())
+        except mosquittoctl.MosquittoctlError as exc:
+            if attempt == START_ATTEMPTS - 1:
+                raise StackError(f"Mosquitto did not start: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+def _start_postgres(data_dir: Path) -> pgctl.PostgresServer:
+    for attempt in range(START_ATTEMPTS):
+        try:
+            return pgctl.start(data_dir, port=pgctl.stable_free_port())
+        except pgctl.PgctlError as exc:
+            if attempt == START_ATTEMPTS - 1:
+                raise StackError(f"PostgreSQL did not start: {exc}") from exc
+            shutil.rmtree(data_dir, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+def _start_servers(stack: Stack) -> None:
+    """Mosquitto and PostgreSQL (those the stack has dirs for), fresh; runs beside Kafka."""
+    if stack.mosquitto_dir is not None:
+        mosquittoctl.stop(stack.mosquitto_dir, hard=True)
+        shutil.rmtree(stack.mosquitto_dir, ignore_errors=True)
+        stack.mosquitto = _start_mosquitto(stack.mosquitto_dir)
+    if stack.postgres_dir is not None:
+        with contextlib.suppress(pgctl.PgctlError):
+            pgctl.stop(stack.postgres_dir, mode="immediate")
+        shutil.rmtree(stack.postgres_dir, ignore_errors=True)
+        stack.postgres = _start_postgres(stack.postgres_dir)
+
+
+def _stop_servers(stack: Stack) -> None:
+    if stack.mosquitto_dir is not None:
+        mosquittoctl.stop(stack.mosquitto_dir, grace=2 if forced() else 10)
+    if stack.postgres_dir is not None:
+        try:
+            pgctl.stop(stack.postgres_dir, mode="immediate" if forced() else "fast")
+        except pgctl.PgctlError as exc:
+            print(f"stack: {exc}", file=sys.stderr, flush=True)
+        if stack.postgres_scratch and pgctl.running(stack.postgres_dir) is None:
+            shutil.rmtree(stack.postgres_dir.parent, ignore_errors=True)
+
+
+def _postmaster_pid(server: pgctl.PostgresServer) -> int | None:
+    try:
+        return int((server.pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
         return None
-    return list(body.get("data", {}).get("alerts", []))
-
-
-# --------------------------------------------------------------------------- views
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def _fmt_problem(value: float | None) -> str:
-    """A count that should be 0: red when it is not."""
-    return f"[red]{_fmt(value, 0)}[/red]" if value else _fmt(value, 0)
-
-
-def render(stack: Stack, sampler: Sampler, started: float) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    elapsed = time.monotonic() - started
-    header = Text.assemble(
-        ("Sensorstream local stack", "bold"),
-        f"  up {elapsed:,.0f} s   Kafka {stack.bootstrap}   ",
-        f"Prometheus {stack.prometheus_url or 'not running'}   ",
-        ("Ctrl-C stops everything", "dim"),
-    )
-
-    producers = Table(title="Producer", expand=True)
-    for column in (
-        "instance",
-        "target ev/s",
-        "achieved ev/s",
-        "acked ev/s",
-        "behind s",
-        "in flight",
-        "errors",
-    ):
-        producers.add_column(column, justify="right" if column != "instance" else "left")
-    for child in stack.services("producer"):
-        producers.add_row(
-            f"{child.name} :{child.port}",
-            _fmt(sampler.value(child, "sensorstream_producer_target_rate_events_per_second")),
-            _fmt(sampler.value(child, "sensorstream_producer_achieved_rate_events_per_second")),
-            _fmt(sampler.rate(child, "sensorstream_producer_events_acked_total")),
-            _fmt(sampler.value(child, "sensorstream_producer_behind_schedule_seconds"), 2),
-            _fmt(sampler.value(child, "sensorstream_producer_events_in_flight"), 0),
-            _fmt(sampler.value(child, "sensorstream_producer_send_errors_total"), 0),
-        )
-
-    processors = Table(title="Processors", expand=True)
-    for column in (
-        "replica",
-        "partitions",
-        "processed ev/s",
-        "lag events",
-        "lag s",
-        "rebalances",
-        "commits ok/failed",
-        "open windows",
-        "RSS MB",
-        "CPU %",
-    ):
-        processors.add_column(column, justify="right" if column != "replica" else "left")
-    partitions: dict[str, tuple[str, float, float, float]] = {}
-    outcomes: dict[str, float] = {}
-    outcome_rates: dict[str, float] = {}
-    dead: dict[str, float] = {}
-    alerts: dict[str, float] = {}
-    for child in stack.services("processor"):
-        lag = sampler.labelled(child, "sensorstream_processor_consumer_lag_events", "partition")
-        lag_s = sampler.labelled(child, "sensorstream_processor_consumer_lag_seconds", "partition")
-        consumed = sampler.labelled_rate(
-            child, "sensorstream_processor_events_consumed_total", "partition"
-        )
-        for partition, events in lag.items():
-            partitions[partition] = (
-                child.name,
-                events,
-                lag_s.get(partition, 0.0),
-                consumed.get(partition, 0.0),
-            )
-        for key, value in sampler.labelled(
-            child, "sensorstream_processor_events_total", "outcome"
-        ).items():
-            outcomes[key] = outcomes.get(key, 0.0) + value
-        for key, value in sampler.labelled_rate(
-            child, "sensorstream_processor_events_total", "outcome"
-        ).items():
-            outcome_rates[key] = outcome_rates.get(key, 0.0) + value
-        for key, value in sampler.labelled(
-            child, "sensorstream_processor_dead_letters_total", "reason"
-        ).items():
-            dead[key] = dead.get(key, 0.0) + value
-        for key, value in sampler.labelled(
-            child, "sensorstream_processor_alerts_emitted_total", "kind"
-        ).items():
-            alerts[key] = alerts.get(key, 0.0) + value
-        up = sampler.now.get(child.name)
-        alive = child.process.poll() is None and up is not None and up.samples is not None
-        cpu = sampler.rate(child, "process_cpu_seconds_total")
-        commits = "sensorstream_processor_commits_total"
-        rss = sampler.value(child, "process_resident_memory_bytes")
-        processors.add_row(
-            f"{child.name} :{child.port}" + ("" if alive else " [red](down)[/red]"),
-            _fmt(sampler.value(child, "sensorstream_processor_assigned_partitions"), 0),
-            _fmt(sampler.rate(child, "sensorstream_processor_events_total")),
-            _fmt(sum(lag.values()) if lag else None, 0),
-            _fmt(max(lag_s.values()) if lag_s else None, 1),
-            _fmt(sampler.value(child, "sensorstream_processor_rebalances_total"), 0),
-            f"{_fmt(sampler.value(child, commits, outcome='ok'), 0)}"
-            f" / {_fmt(sampler.value(child, commits, outcome='failed'), 0)}",
-            _fmt(sampler.value(child, "sensorstream_processor_open_windows"), 0),
-            _fmt(None if rss is None else rss / 1e6, 0),
-            _fmt(None if cpu is None else cpu * 100, 0),
-        )
-
-    lag_table = Table(title="Lag per partition", expand=True)
-    for column in ("partition", "owner", "lag events", "lag s", "consumed ev/s"):
-        lag_table.add_column(column, justify="right" if column != "owner" else "left")
-    for partition in sorted(partitions, key=lambda p: int(p) if p.isdigit() else 0):
-        owner, events, seconds, rate = partitions[partition]
-        lag_table.add_row(partition, owner, _fmt(events, 0), _fmt(seconds, 1), _fmt(rate))
-
-    outcome_table = Table(title="Outcomes (total, ev/s)", expand=True)
-    outcome_table.add_column("outcome")
-    outcome_table.add_column("total", justify="right")
-    outcome_table.add_column("ev/s", justify="right")
-    for key in sorted(outcomes):
-        outcome_table.add_row(key, _fmt(outcomes[key], 0), _fmt(outcome_rates.get(key)))
-    for key in sorted(k for k, v in dead.items() if v):
-        outcome_table.add_row(f"dead letter: {key}", _fmt(dead[key], 0), "")
-
-    alert_table = Table(title="Alerts", expand=True)
-    alert_table.add_column("emitted by the processors (kind)")
-    alert_table.add_column("total", justify="right")
-    for key in sorted(alerts):
-        alert_table.add_row(key, _fmt(alerts[key], 0))
-    rules = prometheus_alerts(stack.prometheus_url)
-    if rules is None:
-        alert_table.add_row("Prometheus alert rules", "n/a")
-    elif not rules:
-        alert_table.add_row("Prometheus alert rules", "[green]none firing[/green]")
-    for alert in rules or []:
-        name = alert.get("labels", {}).get("alertname", "?")
-        alert_table.add_row(
-            f"[red]{name}[/red] {alert.get('labels', {}).get('instance', '')}",
-            str(alert.get("state", "")),
-        )
-
-    bottom = Table.grid(expand=True)
-    bottom.add_column()
-    bottom.add_column()
-    bottom.add_column()
-    bottom.add_row(lag_table, outcome_table, alert_table)
-    return Group(header, producers, processors, audit_table(stack, sampler), bottom)
-
-
-def audit_table(stack: Stack, sampler: Sampler) -> Any:
-    """The audit's accounting: every reading in exactly one aggregate or in the DLQ."""
-    from rich.table import Table
-
-    table = Table(title="Audit (sensorstream-audit --follow)", expand=True)
-    for column in (
-        "instance",
-        "produced",
-        "aggregated",
-        "dead-lettered",
-        "missing",
-        "counted twice",
-        "conflicting windows",
-        "partial windows",
-        "sensors with problems",
-        "last pass",
-    ):
-        table.add_column(column, justify="right" if column != "instance" else "left")
-    readings, windows = "sensorstream_audit_readings", "sensorstream_audit_windows"
-    for child in stack.services("audit"):
-        last = sampler.value(child, "sensorstream_audit_last_pass_timestamp_seconds")
-        table.add_row(
-            f"{child.name} :{child.port}",
-            _fmt(sampler.value(child, readings, state="produced"), 0),
-            _fmt(sampler.value(child, readings, state="aggregated"), 0),
-            _fmt(sampler.value(child, readings, state="dead_lettered"), 0),
-            _fmt_problem(sampler.value(child, readings, state="missing")),
-            _fmt_problem(sampler.value(child, readings, state="duplicated")),
-            _fmt_problem(sampler.value(child, windows, kind="conflicting")),
-            _fmt(sampler.value(child, windows, kind="partial"), 0),
-            _fmt(sampler.value(child, "sensorstream_audit_sensors_with_problems"), 0),
-            "-" if not last else f"{max(time.time() - last, 0.0):,.0f} s ago",
-        )
-    return table
-
-
-def summary_line(stack: Stack, sampler: Sampler, started: float) -> str:
-    produced = sum(
-        sampler.rate(c, "sensorstream_producer_events_acked_total") or 0.0
-        for c in stack.services("producer")
-    )
-    processed = sum(
-        sampler.rate(c, "sensorstream_processor_events_total") or 0.0
-        for c in stack.services("processor")
-    )
-    lag = sum(
-        sampler.value(c, "sensorstream_processor_consumer_lag_events") or 0.0
-        for c in stack.services("processor")
-    )
-    readings = "sensorstream_audit_readings"
-    missing = sum(
-        sampler.value(c, readings, state="missing") or 0.0 for c in stack.services("audit")
-    )
-    twice = sum(
-        sampler.value(c, readings, state="duplicated") or 0.0 for c in stack.services("audit")
-    )
-    firing = prometheus_alerts(stack.prometheus_url)
-    return (
-        f"stack: t={time.monotonic() - started:,.0f}s produced {produced:,.1f} ev/s, "
-        f"processed {processed:,.1f} ev/s, lag {lag:,.0f} events, "
-        f"audit missing {missing:,.0f} / counted twice {twice:,.0f}, "
-        f"alerts {'n/a' if firing is None else len(firing)}"
-    )
 
 
 # --------------------------------------------------------------------------- start / stop
 
 
 def _write_state(stack: Stack, *, ready: bool) -> None:
+    mosquitto: dict[str, Any] | None = None
+    if stack.mosquitto_dir is not None:
+        broker = stack.mosquitto
+        mosquitto = {
+            "data_dir": str(stack.mosquitto_dir),
+            "address": broker and broker.address,
+            "port": broker and broker.port,
+            "pid": broker and broker.pid,
+        }
+    postgres: dict[str, Any] | None = None
+    if stack.postgres_dir is not None:
+        server = stack.postgres
+        postgres = {
+            "data_dir": str(stack.postgres_dir),
+            "scratch": stack.postgres_scratch,
+            "port": server and server.port,
+            "database": server and server.database,
+            "pid": server and _postmaster_pid(server),
+        }
     state = {
         "ready": ready,
         "kafka": {"bootstrap": stack.bootstrap, "data_dir": str(stack.kafka_dir)},
         "prometheus": stack.prometheus_url,
+        "mosquitto": mosquitto,
+        "postgres": postgres,
         "services": [
             {
                 "name": c.name,
@@ -624,6 +343,22 @@ def _venv_command(script: str, module: str) -> list[str]:
     return [str(executable)] if executable.exists() else [sys.executable, "-m", module]
 
 
+def _choose_edges(stack: Stack, args: argparse.Namespace) -> None:
+    """Which of Mosquitto and PostgreSQL this run starts (sets their data dirs)."""
+    if args.mqtt:
+        if ensure_mosquitto(install=args.install):
+            stack.mosquitto_dir = stack.state_dir / "mosquitto"
+        else:
+            print(
+                missing_line("Mosquitto", "mosquitto", "the MQTT bridge", "--no-mqtt"), flush=True
+            )
+    if args.sink:
+        if ensure_postgres(install=args.install):
+            stack.postgres_dir, stack.postgres_scratch = postgres_location(stack.state_dir)
+        else:
+            print(missing_line("PostgreSQL", "postgresql", "the sink", "--no-sink"), flush=True)
+
+
 def start_stack(stack: Stack, args: argparse.Namespace) -> None:
     ensure_kafka_prerequisites(install=args.install)
     prometheus = None if args.no_prometheus else ensure_prometheus(install=args.install)
@@ -634,25 +369,23 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
             "run again.",
             flush=True,
         )
+    _choose_edges(stack, args)
+    _write_state(stack, ready=False)  # `stack.py stop` finds the servers' dirs from here on
 
-    # Fresh broker data every run: the view then starts at zero and no old lag lingers.
-    kafkactl.stop(stack.kafka_dir, grace=10)
-    shutil.rmtree(stack.kafka_dir, ignore_errors=True)
-    port = _free_port(args.kafka_port)
-    controller_port = kafkactl.free_port()
-    while controller_port == port:
-        controller_port = kafkactl.free_port()
-    print(f"stack: starting Kafka on {HOST}:{port} ...", flush=True)
-    stack.kafka_started = True
-    try:
-        cluster = kafkactl.start(
-            port=port, controller_port=controller_port, data_dir=stack.kafka_dir, timeout=90
-        )
-    except kafkactl.KafkactlError as exc:
-        raise StackError(str(exc)) from exc
-    stack.bootstrap = cluster.bootstrap
-    asyncio.run(_create_topics(stack.bootstrap, args.partitions))
-    print(f"stack: topics {', '.join(TOPICS)} ({args.partitions} partitions)", flush=True)
+    # Mosquitto and PostgreSQL (initdb: seconds) come up while Kafka does.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        servers = pool.submit(_start_servers, stack)
+        try:
+            _start_kafka(stack, args)
+        finally:
+            # Also on Ctrl-C: a server half started must be up before it can be stopped.
+            concurrent.futures.wait([servers])
+        servers.result()
+    if stack.mosquitto:
+        print(f"stack: Mosquitto on {stack.mosquitto.address}", flush=True)
+    if stack.postgres:
+        print(f"stack: PostgreSQL on {HOST}:{stack.postgres.port}", flush=True)
+    _write_state(stack, ready=False)
 
     base_env = {
         **os.environ,
@@ -660,28 +393,31 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
         "SENSORSTREAM_METRICS_HOST": HOST,
         "SENSORSTREAM_LOG_FORMAT": "json",
     }
-    # Producer, processors, audit: distinct free ports (the kernel may hand one out twice).
-    ports: list[int] = []
-    while len(ports) < args.processors + 2:
-        candidate = kafkactl.free_port()
-        if candidate not in ports:
-            ports.append(candidate)
-    producer_port, *processor_ports, audit_port = ports
+    bridge_port = sink_port = None
+    ports = free_ports(args.processors + 2 + bool(stack.mosquitto) + bool(stack.postgres))
+    producer_port, *processor_ports, audit_port = ports[: args.processors + 2]
+    extra = ports[args.processors + 2 :]
+    if stack.mosquitto:
+        bridge_port = extra.pop(0)
+    if stack.postgres:
+        sink_port = extra.pop(0)
 
     if prometheus is not None:
-        prometheus_port = _free_port(args.prometheus_port)
+        prometheus_port = free_port(args.prometheus_port)
         config = stack.state_dir / "prometheus.yml"
         config.write_text(
             prometheus_config(
                 producers=[f"{HOST}:{producer_port}"],
                 processors=[f"{HOST}:{p}" for p in processor_ports],
                 audits=[f"{HOST}:{audit_port}"],
+                bridges=[f"{HOST}:{bridge_port}"] if bridge_port else [],
+                sinks=[f"{HOST}:{sink_port}"] if sink_port else [],
                 rules=RULES_FILE,
             )
         )
         data = stack.state_dir / "prometheus-data"
         shutil.rmtree(data, ignore_errors=True)
-        child = _spawn(
+        child = spawn(
             stack,
             name="prometheus",
             role="prometheus",
@@ -696,10 +432,10 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
                 "--storage.tsdb.retention.time=1d",
             ],
         )
-        _wait_http(child, "/-/ready", timeout=30)
+        wait_http(child, "/-/ready", timeout=30)
         stack.prometheus_url = child.url
 
-    producer = _spawn(
+    producer = spawn(
         stack,
         name="producer",
         role="producer",
@@ -715,7 +451,7 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
         },
     )
     for index, processor_port in enumerate(processor_ports, start=1):
-        _spawn(
+        spawn(
             stack,
             name=f"processor-{index}",
             role="processor",
@@ -730,7 +466,7 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
         )
     # The audit reads the same topics from their beginning, joins no group and commits
     # nothing: it never disturbs the processors. Logs at info: one line per pass.
-    _spawn(
+    spawn(
         stack,
         name="audit",
         role="audit",
@@ -743,11 +479,77 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> None:
             "SENSORSTREAM_LOG_LEVEL": "info",
         },
     )
+    if stack.mosquitto and bridge_port:
+        spawn(
+            stack,
+            name="bridge",
+            role="bridge",
+            port=bridge_port,
+            argv=_venv_command("sensorstream-mqtt-bridge", "sensorstream.bridge"),
+            env={
+                **base_env,
+                "SENSORSTREAM_METRICS_PORT": str(bridge_port),
+                "SENSORSTREAM_INSTANCE_ID": "bridge",
+                "SENSORSTREAM_MQTT_HOST": HOST,
+                "SENSORSTREAM_MQTT_PORT": str(stack.mosquitto.port),
+                "SENSORSTREAM_PARTITIONS": str(args.partitions),
+            },
+        )
+        if args.devices:
+            _spawn_devices(stack, args, base_env)
+    if stack.postgres and sink_port:
+        spawn(
+            stack,
+            name="sink",
+            role="sink",
+            port=sink_port,
+            argv=_venv_command("sensorstream-sink", "sensorstream.sink"),
+            env={
+                **base_env,
+                **stack.postgres.sink_environment(),
+                "SENSORSTREAM_METRICS_PORT": str(sink_port),
+                "SENSORSTREAM_INSTANCE_ID": "sink",
+            },
+        )
     _write_state(stack, ready=False)
-    _wait_http(producer, "/healthz")
+    wait_http(producer, "/healthz")
     for child in stack.services("processor") + stack.services("audit"):
-        _wait_http(child, "/healthz")
+        wait_http(child, "/healthz")
+    # Ready: the bridge is subscribed, the sink has its database and its partitions.
+    for child in stack.services("bridge") + stack.services("sink"):
+        wait_http(child, "/readyz")
+    for child in stack.services("devices"):
+        wait_log(child, "devices_connected")
     _write_state(stack, ready=True)
+
+
+def _spawn_devices(stack: Stack, args: argparse.Namespace, base_env: dict[str, str]) -> None:
+    """The simulated fleet, started with the bridge: what it publishes before the bridge
+    has subscribed is dropped by Mosquitto, and the audit starts each sensor at the first
+    seq it finds, so that costs nothing but a few readings."""
+    assert stack.mosquitto is not None
+    if not devices_can_avoid_collisions():
+        print(
+            "stack: sensorstream-mqtt-devices has no --sensor-prefix here, so its sensor ids "
+            "would collide with the producer's; running the bridge without it",
+            flush=True,
+        )
+        return
+    spawn(
+        stack,
+        name="devices",
+        role="devices",
+        port=None,
+        argv=_venv_command("sensorstream-mqtt-devices", "sensorstream.bridge._devices"),
+        env={
+            **base_env,
+            **devices_environment(
+                mqtt_port=stack.mosquitto.port,
+                rate=args.devices_rate,
+                sensors=args.devices_sensors,
+            ),
+        },
+    )
 
 
 def print_endpoints(stack: Stack) -> None:
@@ -758,27 +560,59 @@ def print_endpoints(stack: Stack) -> None:
         )
     else:
         lines.append("  Prometheus   not running (apt-get install -y prometheus to add it)")
+    if stack.mosquitto:
+        lines.append(f"  Mosquitto    {stack.mosquitto.address}  (log {stack.mosquitto.log})")
+    if stack.postgres:
+        lines.append(
+            f"  PostgreSQL   {stack.postgres.url()}  (deploy/postgres/pgctl psql --data-dir "
+            f"{stack.postgres.data_dir}; kept until the next make run)"
+            if not stack.postgres_scratch
+            else f"  PostgreSQL   {stack.postgres.url()}  (data {stack.postgres.data_dir})"
+        )
     for child in stack.children:
-        if child.role != "prometheus":
-            lines.append(f"  {child.name:<12} {child.url}/metrics  (log {child.log})")
+        if child.role == "prometheus":
+            continue
+        where = f"{child.url}/metrics" if child.url else "no metrics endpoint"
+        lines.append(f"  {child.name:<12} {where}  (log {child.log})")
     lines.append(f"  state        {stack.state_dir / 'state.json'}")
     lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
 
 
 def stop_stack(stack: Stack) -> None:
-    """Services first (they flush and commit), then Prometheus, then Kafka."""
+    """Services first (they flush and commit), then Prometheus, the servers, then Kafka."""
     services = [c for c in stack.children if c.role != "prometheus"]
     stop_children(services)
     stop_children([c for c in stack.children if c.role == "prometheus"], grace=10)
+    _stop_servers(stack)
     if stack.kafka_started:
-        kafkactl.stop(stack.kafka_dir, grace=2 if _force else 15)
+        kafkactl.stop(stack.kafka_dir, grace=2 if forced() else 15)
     left = [c.name for c in stack.children if c.process.poll() is None]
+    if stack.mosquitto_dir is not None and mosquittoctl.status(stack.mosquitto_dir):
+        left.append("mosquitto")
+    if stack.postgres_dir is not None and pgctl.running(stack.postgres_dir):
+        left.append("postgres")
     (stack.state_dir / "state.json").unlink(missing_ok=True)
     if left:
         print(f"stack: could not stop {', '.join(left)}", file=sys.stderr, flush=True)
     else:
         print("stack: stopped everything", flush=True)
+
+
+def _check_running(stack: Stack) -> None:
+    """A StackError if a service or a server of the stack is gone."""
+    for child in stack.children:
+        if child.process.poll() is not None:
+            raise StackError(
+                f"{child.name} exited with status {child.process.returncode}; "
+                f"log {child.log}:\n{tail(child.log)}"
+            )
+    if stack.mosquitto_dir and stack.mosquitto and not mosquittoctl.status(stack.mosquitto_dir):
+        log = stack.mosquitto.log
+        raise StackError(f"Mosquitto stopped; log {log}:\n{tail(log)}")
+    if stack.postgres_dir and stack.postgres and not pgctl.running(stack.postgres_dir):
+        log = stack.postgres.log_file
+        raise StackError(f"PostgreSQL stopped; log {log}:\n{tail(log)}")
 
 
 def watch(stack: Stack, args: argparse.Namespace) -> None:
@@ -788,12 +622,7 @@ def watch(stack: Stack, args: argparse.Namespace) -> None:
     sampler.tick()
 
     def should_go_on() -> bool:
-        for child in stack.children:
-            if child.process.poll() is not None:
-                raise StackError(
-                    f"{child.name} exited with status {child.process.returncode}; "
-                    f"log {child.log}:\n{_tail(child.log)}"
-                )
+        _check_running(stack)
         return deadline is None or time.monotonic() < deadline
 
     if args.no_ui:
@@ -824,8 +653,7 @@ def _on_stop_signal(signum: int, _frame: FrameType | None) -> None:
 
 
 def _on_signal_while_stopping(_signum: int, _frame: FrameType | None) -> None:
-    global _force
-    _force = True
+    force_stop()
     print("stack: stopping without waiting", file=sys.stderr, flush=True)
 
 
@@ -871,31 +699,62 @@ def _environ_marker(pid: int) -> str | None:
     return None
 
 
-def _our_pids(state_dir: Path) -> Iterator[int]:
+def _read_state(state_dir: Path) -> dict[str, Any]:
     try:
         state = json.loads((state_dir / "state.json").read_text())
     except (OSError, ValueError):
-        return
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _our_pids(state: dict[str, Any], state_dir: Path) -> Iterator[int]:
+    """The services of ``state`` still running with this state dir's marker."""
     for service in state.get("services", []):
         pid = int(service["pid"])
         if _environ_marker(pid) == str(state_dir):
             yield pid
 
 
+def _server_dirs(state: dict[str, Any], state_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Data dirs of the Mosquitto and PostgreSQL a stack of ``state_dir`` may have left:
+    the default ones, and those ``state`` recorded (a scratch PostgreSQL dir in /tmp)."""
+    mosquitto = [state_dir / "mosquitto"]
+    postgres = [state_dir / "postgres"]
+    for key, dirs in (("mosquitto", mosquitto), ("postgres", postgres)):
+        recorded = (state.get(key) or {}).get("data_dir")
+        if recorded and Path(recorded) not in dirs:
+            dirs.append(Path(recorded))
+    return mosquitto, postgres
+
+
 def stop_leftovers(state_dir: Path) -> bool:
     """Stop what a previous run from ``state_dir`` left behind; True if anything was."""
-    pids = list(_our_pids(state_dir))
+    state = _read_state(state_dir)
+    pids = list(_our_pids(state, state_dir))
     for pid in pids:
-        _signal_group(pid, signal.SIGTERM)
+        signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE
     while time.monotonic() < deadline and any(_environ_marker(p) for p in pids):
         time.sleep(0.2)
     for pid in pids:
         if _environ_marker(pid) == str(state_dir):
-            _signal_group(pid, signal.SIGKILL)
-    kafka = kafkactl.stop(state_dir / "kafka", grace=15)
+            signal_group(pid, signal.SIGKILL)
+    stopped = bool(pids)
+    mosquitto_dirs, postgres_dirs = _server_dirs(state, state_dir)
+    for data_dir in mosquitto_dirs:
+        stopped = mosquittoctl.stop(data_dir) or stopped
+    for data_dir in postgres_dirs:
+        try:
+            stopped = pgctl.stop(data_dir, mode="fast") or stopped
+        except pgctl.PgctlError as exc:
+            print(f"stack: {exc}", file=sys.stderr, flush=True)
+    if (state.get("postgres") or {}).get("scratch"):
+        scratch = Path(state["postgres"]["data_dir"]).parent
+        if pgctl.running(scratch / "pg") is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    stopped = kafkactl.stop(state_dir / "kafka", grace=15) or stopped
     (state_dir / "state.json").unlink(missing_ok=True)
-    return bool(pids) or kafka
+    return stopped
 
 
 # --------------------------------------------------------------------------- CLI
@@ -904,7 +763,11 @@ def stop_leftovers(state_dir: Path) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="make run",
-        description="Run Kafka, Prometheus, the producer and N processors locally, live view.",
+        description=(
+            "Run Kafka, Prometheus, the producer, N processors and the audit locally, with "
+            "the MQTT bridge (Mosquitto and a device simulator) and the sink (PostgreSQL) at "
+            "the edges; live view. `stack.py stop` (make run-stop) stops a lost stack."
+        ),
     )
     parser.add_argument("command", nargs="?", choices=("run", "stop"), default="run")
     parser.add_argument(
@@ -916,9 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rate",
         default=os.environ.get("RATE", "200"),
-        help="events per second or 'max' (default $RATE or 200)",
+        help="producer events per second or 'max' (default $RATE or 200)",
     )
-    parser.add_argument("--sensors", type=int, default=100)
+    parser.add_argument("--sensors", type=int, default=100, help="producer sensors (default 100)")
     parser.add_argument("--partitions", type=int, default=int(os.environ.get("PARTITIONS", 6)))
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--no-ui", action="store_true", help="print summary lines, no live view")
@@ -928,6 +791,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--prometheus-port", type=int, default=9090, help="used if free, else any free port"
     )
     parser.add_argument("--no-prometheus", action="store_true")
+    edges = parser.add_argument_group(
+        "edges", "the MQTT bridge and the sink; each is left out if its server is missing"
+    )
+    edges.add_argument(
+        "--no-mqtt",
+        dest="mqtt",
+        action="store_false",
+        help="no Mosquitto, MQTT bridge or device simulator",
+    )
+    edges.add_argument(
+        "--no-sink", dest="sink", action="store_false", help="no PostgreSQL and no sink"
+    )
+    edges.add_argument(
+        "--no-edges",
+        action="store_true",
+        help="neither (--no-mqtt --no-sink): the stack as it was without the bridge and sink",
+    )
+    edges.add_argument(
+        "--no-devices",
+        dest="devices",
+        action="store_false",
+        help="the bridge without the device simulator (publish to Mosquitto yourself)",
+    )
+    edges.add_argument(
+        "--devices-rate",
+        type=float,
+        default=50.0,
+        help="device simulator readings per second (default 50)",
+    )
+    edges.add_argument(
+        "--devices-sensors",
+        type=int,
+        default=20,
+        help="simulated devices, device-0000 .. (default 20)",
+    )
     parser.add_argument(
         "--no-install",
         dest="install",
@@ -938,8 +836,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if args.no_edges:
+        args.mqtt = args.sink = False
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.processors < 1:
         print("stack: --processors must be at least 1", file=sys.stderr)
         return 2

@@ -1,9 +1,11 @@
 """deploy/local/stack.py (`make run`): config generation, metrics parsing, and the real stack.
 
 The integration class runs the whole local stack (real Kafka, producer, two processors,
-the audit, real Prometheus) for about 40 seconds, evaluates every Grafana panel query and
-every alert expression against that Prometheus, then stops it with SIGINT (Ctrl-C) and checks
-that nothing it started is left running.
+the audit, real Prometheus, and at the edges real Mosquitto with the MQTT bridge and the
+device simulator, real PostgreSQL with the sink) for about 40 seconds, evaluates every
+Grafana panel query and every alert expression against that Prometheus, checks that the
+devices' readings went through the bridge and that rows reached PostgreSQL, then stops it
+with SIGINT (Ctrl-C) and checks that nothing it started is left running.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,7 @@ from deploy_helpers import REPO, require_binary, run_tool
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 
 import stack
+import stack_prereqs
 
 STACK = REPO / "deploy" / "local" / "stack.py"
 # Dashboards on Prometheus; the PostgreSQL one is tested against a real database by
@@ -39,6 +45,8 @@ DASHBOARDS = sorted(
     if p.name != "sensorstream-postgres.json"
 )
 RULES = REPO / "deploy" / "prometheus" / "sensorstream.rules.yml"
+PRODUCER_SENSORS = 100  # the stack's defaults: --sensors and --devices-sensors
+DEVICE_SENSORS = 20
 RUN_SECONDS = 40.0
 START_TIMEOUT = 180.0
 RATE_INTERVAL = "20s"  # what Grafana's $__rate_interval becomes at a 2 s scrape interval
@@ -102,6 +110,8 @@ class TestPrometheusConfig:
                 producers=["127.0.0.1:8000"],
                 processors=["127.0.0.1:8001", "127.0.0.1:8002"],
                 audits=["127.0.0.1:8003"],
+                bridges=["127.0.0.1:8004"],
+                sinks=["127.0.0.1:8005"],
                 rules=RULES,
             )
         )
@@ -112,7 +122,12 @@ class TestPrometheusConfig:
         """Local jobs carry the compose job names, so the same rules and dashboards work."""
         config = yaml.safe_load(
             stack.prometheus_config(
-                producers=["a:1"], processors=["b:2", "c:3"], audits=["d:4"], rules=RULES
+                producers=["a:1"],
+                processors=["b:2", "c:3"],
+                audits=["d:4"],
+                bridges=["e:5"],
+                sinks=["f:6"],
+                rules=RULES,
             )
         )
         compose = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
@@ -125,12 +140,127 @@ class TestPrometheusConfig:
                 "sensorstream-producer": ["a:1"],
                 "sensorstream-processor": ["b:2", "c:3"],
                 "sensorstream-audit": ["d:4"],
+                "sensorstream-bridge": ["e:5"],
+                "sensorstream-sink": ["f:6"],
             },
             compose_jobs,
         ) == (
             local,
             set(local),
         )
+
+    def test_bridge_and_sink_jobs_only_when_they_run(self) -> None:
+        """Without the bridge and the sink (--no-edges, no Mosquitto or PostgreSQL) their
+        jobs are left out, not given no target."""
+
+        def jobs(**edges: list[str]) -> dict[str, list[str]]:
+            config = yaml.safe_load(
+                stack.prometheus_config(
+                    producers=["a:1"], processors=["b:2"], audits=["c:3"], rules=RULES, **edges
+                )
+            )
+            return {
+                job["job_name"]: job["static_configs"][0]["targets"]
+                for job in config["scrape_configs"]
+            }
+
+        with_edges = jobs(bridges=["e:5"], sinks=["f:6"])
+        assert (
+            {"sensorstream-bridge": ["e:5"], "sensorstream-sink": ["f:6"]},
+            {"sensorstream-producer", "sensorstream-processor", "sensorstream-audit"},
+        ) == (
+            {k: v for k, v in with_edges.items() if k not in jobs()},
+            set(jobs(bridges=[], sinks=[])),
+        )
+
+
+class TestOptions:
+    def test_no_edges_turns_off_bridge_and_sink(self) -> None:
+        """--no-edges is --no-mqtt --no-sink; by default both run, with the devices."""
+        default, none, mqtt_only = (
+            stack.parse_args(argv) for argv in ([], ["--no-edges"], ["--no-sink"])
+        )
+        assert [(True, True, True), (False, False, True), (True, False, True)] == [
+            (args.mqtt, args.sink, args.devices) for args in (default, none, mqtt_only)
+        ]
+
+    def test_devices_never_share_a_sensor_id_with_the_producer(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The simulator's settings as the stack passes them name other sensors than the
+        producer's: the audit must see one seq stream per sensor."""
+        from sensorstream.bridge.settings import DevicesSettings
+        from sensorstream.producer._simulation import SensorFleet
+
+        for key, value in stack.devices_environment(mqtt_port=1883, rate=50, sensors=20).items():
+            monkeypatch.setenv(key, value)
+        settings = DevicesSettings()
+        devices = SensorFleet(settings.sensors, id_prefix=settings.sensor_prefix).sensor_ids
+        producer = set(SensorFleet(PRODUCER_SENSORS).sensor_ids)
+        assert (20, 50.0, 1883, []) == (
+            len(devices),
+            settings.rate,
+            settings.mqtt_port,
+            [sensor for sensor in devices if sensor in producer],
+        )
+
+    def test_help_names_the_edge_flags(self) -> None:
+        """--help lists the flags that leave the bridge and the sink out."""
+        text = stack.build_parser().format_help()
+        flags = ["--no-mqtt", "--no-sink", "--no-edges", "--no-devices", "--devices-rate"]
+        assert [] == [flag for flag in flags if flag not in text]
+
+
+class TestPostgresLocation:
+    def test_searchable_by(self) -> None:
+        """A directory behind a parent of mode 0700 is out of another user's reach; one
+        whose parents are all 0755 is not; the owner may enter its own 0700 dir."""
+        base = Path(tempfile.mkdtemp())  # not pytest's tmp dir: its parent is 0700
+        try:
+            base.chmod(0o755)
+            closed, open_ = base / "closed", base / "open"
+            (closed / "inner").mkdir(parents=True)
+            (open_ / "inner").mkdir(parents=True)
+            closed.chmod(0o700)
+            open_.chmod(0o755)
+            stranger = 54321  # owns nothing here and is in no group of it
+            actual = (
+                stack_prereqs.searchable_by(closed / "inner", stranger, set()),
+                stack_prereqs.searchable_by(open_ / "inner" / "not-yet", stranger, set()),
+                stack_prereqs.searchable_by(closed / "inner", closed.stat().st_uid, set()),
+            )
+        finally:
+            shutil.rmtree(base)
+        assert (False, True, True) == actual
+
+    def test_unreachable_state_dir_gets_a_scratch_dir(self, tmp_path: Path) -> None:
+        """Run as root under pytest's 0700 tmp dir, PostgreSQL's data goes to a 0755 dir
+        of its own in /tmp; otherwise it stays in the state dir."""
+        tmp_path.chmod(0o700)
+        location, scratch = stack.postgres_location(tmp_path / "state")
+        try:
+            if os.geteuid() == 0:
+                expected = (True, "pg", 0o755, True)
+                actual = (
+                    scratch,
+                    location.name,
+                    location.parent.stat().st_mode & 0o777,
+                    stack_prereqs.searchable_by(location.parent, 12345, set()),
+                )
+            else:
+                expected, actual = (tmp_path / "state" / "postgres", False), (location, scratch)
+        finally:
+            if scratch:
+                location.parent.rmdir()
+        assert expected == actual
+
+    def test_leftovers_include_the_recorded_scratch_dir(self, tmp_path: Path) -> None:
+        """`stack.py stop` stops the servers of the default dirs and of those recorded."""
+        state = {"postgres": {"data_dir": "/tmp/sensorstream-stack-pg-x/pg", "scratch": True}}
+        assert (
+            [tmp_path / "mosquitto"],
+            [tmp_path / "postgres", Path("/tmp/sensorstream-stack-pg-x/pg")],
+        ) == stack._server_dirs(state, tmp_path)
 
 
 class TestParseMetrics:
@@ -198,7 +328,96 @@ def _audited_stack(tmp_path: Path) -> tuple[stack.Stack, stack.Sampler]:
     return local, sampler
 
 
+BRIDGE_METRICS = """\
+sensorstream_bridge_messages_received_total {received}
+sensorstream_bridge_records_produced_total {produced}
+sensorstream_bridge_dead_letters_total{{reason="not_json"}} 2.0
+sensorstream_bridge_dead_letters_total{{reason="empty"}} 1.0
+sensorstream_bridge_duplicates_dropped_total 4.0
+sensorstream_bridge_messages_in_flight 7.0
+sensorstream_bridge_mqtt_connected 1.0
+"""
+
+SINK_METRICS = """\
+sensorstream_sink_rows_written_total{{table="aggregates"}} {aggregates}
+sensorstream_sink_rows_written_total{{table="alerts"}} {alerts}
+sensorstream_sink_batches_total{{outcome="committed"}} {batches}
+sensorstream_sink_batches_total{{outcome="aborted"}} 0.0
+sensorstream_sink_consumer_lag_records{{topic="aggregates",partition="0"}} 5.0
+sensorstream_sink_consumer_lag_records{{topic="alerts",partition="0"}} 3.0
+sensorstream_sink_database_up 1.0
+"""
+
+
+def _edges_stack(tmp_path: Path) -> tuple[stack.Stack, stack.Sampler]:
+    """A bridge scraped twice 1 s apart, a sink scraped 11 times 1 s apart."""
+    running: Any = _Running()
+    children = [
+        stack.Child(name=name, role=name, process=running, log=tmp_path / name, port=port)
+        for name, port in (("bridge", 8004), ("sink", 8005))
+    ]
+    local = stack.Stack(state_dir=tmp_path, kafka_dir=tmp_path / "kafka", children=children)
+    sampler = stack.Sampler(local.children)
+    start = time.monotonic() - 10.0
+    bridge = [
+        stack.Reading(start + t, stack.parse_metrics(BRIDGE_METRICS.format(received=r, produced=p)))
+        for t, r, p in ((9, 100, 90), (10, 150, 130))
+    ]
+    # The sink writes in bursts: 20 aggregate rows a second for 9 s, none in the last one.
+    sink = [
+        stack.Reading(
+            start + t,
+            stack.parse_metrics(
+                SINK_METRICS.format(aggregates=min(t, 9) * 20, alerts=min(t, 9), batches=min(t, 9))
+            ),
+        )
+        for t in range(11)
+    ]
+    for name, readings in (("bridge", bridge), ("sink", sink)):
+        sampler.history[name] = deque(readings)
+        sampler.before[name], sampler.now[name] = readings[-2], readings[-1]
+    return local, sampler
+
+
 class TestLiveView:
+    def test_bridge_row_shows_its_rates(self, tmp_path: Path) -> None:
+        """The bridge's row: MQTT in/s, Kafka acked/s, DLQ/s and total, redeliveries
+        dropped, in flight, MQTT connected, from its real metric names."""
+        from rich.console import Console
+
+        local, sampler = _edges_stack(tmp_path)
+        console = Console(record=True, width=300)
+        console.print(stack.render(local, sampler, time.monotonic()))
+        row = next(line for line in console.export_text().splitlines() if "bridge :8004" in line)
+        cells = [cell.strip() for cell in row.split("│") if cell.strip()]
+        assert ["bridge :8004", "50.0", "40.0", "0.0", "3", "4", "7", "up"] == cells[:8]
+
+    def test_sink_row_shows_rows_per_second_over_a_window(self, tmp_path: Path) -> None:
+        """The sink's rows/s are over 10 s (it writes a window's rows at once), so a
+        second without a batch does not show 0; lag is the sum over its partitions."""
+        from rich.console import Console
+
+        local, sampler = _edges_stack(tmp_path)
+        console = Console(record=True, width=300)
+        console.print(stack.render(local, sampler, time.monotonic()))
+        row = next(line for line in console.export_text().splitlines() if "sink :8005" in line)
+        cells = [cell.strip() for cell in row.split("│") if cell.strip()]
+        # Over t=0 .. 10: aggregates 0 -> 180 (18/s), alerts and batches 0 -> 9 (0.9/s).
+        assert ["sink :8005", "18.0", "0.9", "189", "0.9", "8", "up"] == cells[-7:]
+
+    def test_summary_line_has_bridge_and_sink(self, tmp_path: Path) -> None:
+        """--no-ui's line gives the bridge's messages in / acked / DLQ and the sink's rows/s."""
+        local, sampler = _edges_stack(tmp_path)
+        line = stack.summary_line(local, sampler, time.monotonic())
+        expected = "bridge 50.0 msg/s in / 40.0 acked / DLQ 3, sink 18.9 rows/s (lag 8), "
+        assert expected in line, line
+
+    def test_summary_line_without_edges(self, tmp_path: Path) -> None:
+        """A stack without bridge and sink says nothing about them."""
+        local, sampler = _audited_stack(tmp_path)
+        line = stack.summary_line(local, sampler, time.monotonic())
+        assert ("bridge" in line, "sink" in line) == (False, False)
+
     def test_audit_row_shows_the_accounting(self, tmp_path: Path) -> None:
         """The live view's Audit table has one row per audit with its figures, in order."""
         from rich.console import Console
@@ -221,6 +440,12 @@ class TestLiveView:
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The local stack started as `make run` would, with --no-ui; stopped at the end."""
     require_binary("prometheus")
+    for name, present in (
+        ("mosquitto", stack_prereqs.ensure_mosquitto(install=False)),
+        ("postgresql", stack_prereqs.ensure_postgres(install=False)),
+    ):
+        if not present:
+            pytest.fail(f"{name} is not installed: deploy/install-prereqs")
     state_dir = tmp_path_factory.mktemp("local-stack")
     output = state_dir / "stack.out"
     prometheus_port = stack.kafkactl.free_port()
@@ -271,10 +496,55 @@ class TestLocalStack:
         up = sorted((r["metric"]["job"], r["value"][1]) for r in result)
         assert [
             ("sensorstream-audit", "1"),
+            ("sensorstream-bridge", "1"),
             ("sensorstream-processor", "1"),
             ("sensorstream-processor", "1"),
             ("sensorstream-producer", "1"),
+            ("sensorstream-sink", "1"),
         ] == up
+
+    def test_bridge_forwards_the_devices_readings(self, running_stack: dict[str, Any]) -> None:
+        """The device simulator publishes to Mosquitto and the bridge forwards to Kafka: its
+        acknowledged records are counted, and nothing went to its DLQ."""
+        base = running_stack["state"]["prometheus"]
+
+        def value(query: str) -> float:
+            result = _api(base, "/api/v1/query", query=query)["data"]["result"]
+            return sum(float(r["value"][1]) for r in result) if result else -1.0
+
+        received = value("sensorstream_bridge_messages_received_total")
+        produced = value("sensorstream_bridge_records_produced_total")
+        dead = value("sum(sensorstream_bridge_dead_letters_total)")
+        assert (True, True, 0.0) == (received > 0, produced > 0, dead), (received, produced)
+
+    def test_devices_and_producer_are_separate_sensors(self, running_stack: dict[str, Any]) -> None:
+        """The audit sees the producer's and the devices' sensors apart (120 sensors, one
+        seq stream each): no input seq repeated or out of order, as a shared id would cause."""
+        base = running_stack["state"]["prometheus"]
+        sensors = _api(base, "/api/v1/query", query="sensorstream_audit_sensors")["data"]["result"]
+        anomalies = _api(base, "/api/v1/query", query="sensorstream_audit_input_anomalies")
+        found = {
+            r["metric"]["kind"]: float(r["value"][1])
+            for r in anomalies["data"]["result"]
+            if r["metric"]["kind"] in ("duplicate", "reordered")
+        }
+        assert (PRODUCER_SENSORS + DEVICE_SENSORS, {"duplicate": 0.0, "reordered": 0.0}) == (
+            int(float(sensors[0]["value"][1])) if sensors else None,
+            found,
+        )
+
+    def test_sink_writes_rows_to_postgres(self, running_stack: dict[str, Any]) -> None:
+        """Aggregates reached PostgreSQL, of the producer's sensors and of the devices'
+        (readings that came over MQTT): counted in the database itself."""
+        server = stack.pgctl.recorded(Path(running_stack["state"]["postgres"]["data_dir"]))
+        assert server is not None, running_stack["state"]["postgres"]
+        out = stack.pgctl.psql(
+            server,
+            "SELECT count(*) FILTER (WHERE sensor_id LIKE 'sensor-%'), "
+            "count(*) FILTER (WHERE sensor_id LIKE 'device-%') FROM aggregates",
+        )
+        producer_rows, device_rows = (int(n) for n in out.strip().split("|"))
+        assert (True, True) == (producer_rows > 0, device_rows > 0), out
 
     def test_audit_follows_the_pipeline(self, running_stack: dict[str, Any]) -> None:
         """The audit has passed over the live topics: it saw readings produced and readings
@@ -297,10 +567,14 @@ class TestLocalStack:
     def test_prints_endpoints(self, running_stack: dict[str, Any]) -> None:
         """The stack says where Prometheus and every metrics endpoint are."""
         text = running_stack["output"].read_text()
-        urls = [running_stack["state"]["prometheus"]] + [
+        urls = [
+            running_stack["state"]["prometheus"],
+            running_stack["state"]["mosquitto"]["address"],
+        ]
+        urls += [
             f"{s['url']}/metrics"
             for s in running_stack["state"]["services"]
-            if s["role"] != "prometheus"
+            if s["role"] != "prometheus" and s["url"]
         ]
         assert [] == [url for url in urls if url not in text]
 
@@ -365,11 +639,24 @@ class TestLocalStack:
         assert (0, "") == (result.returncode, result.stderr), result.stdout
 
     def test_ctrl_c_stops_everything(self, running_stack: dict[str, Any]) -> None:
-        """SIGINT (Ctrl-C) stops every process the stack started and exits 0."""
+        """SIGINT (Ctrl-C) stops every process the stack started, Mosquitto and PostgreSQL
+        among them, removes PostgreSQL's scratch dir if it had one, and exits 0."""
         process: subprocess.Popen[bytes] = running_stack["process"]
-        pids = [service["pid"] for service in running_stack["state"]["services"]]
-        kafka_dir = Path(running_stack["state"]["kafka"]["data_dir"])
+        state = running_stack["state"]
+        mosquitto, postgres = state["mosquitto"], state["postgres"]
+        pids = [service["pid"] for service in state["services"]]
+        pids += [mosquitto["pid"], postgres["pid"]]
+        kafka_dir = Path(state["kafka"]["data_dir"])
+        mosquitto_dir, postgres_dir = Path(mosquitto["data_dir"]), Path(postgres["data_dir"])
         os.killpg(process.pid, signal.SIGINT)
         status = process.wait(timeout=90)
-        actual = (status, [pid for pid in pids if _alive(pid)], stack.kafkactl.status(kafka_dir))
-        assert (0, [], None) == actual, running_stack["output"].read_text()
+        actual = (
+            status,
+            [pid for pid in pids if _alive(pid)],
+            stack.kafkactl.status(kafka_dir),
+            stack.mosquittoctl.status(mosquitto_dir),
+            stack.pgctl.running(postgres_dir),
+            postgres["scratch"] and postgres_dir.exists(),
+        )
+        assert (0, [], None, None, None, False) == actual, running_stack["output"].read_text()
+        assert len(pids) == len(set(pids)) == len(state["services"]) + 2, pids
