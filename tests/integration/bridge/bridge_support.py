@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from processor_support import free_port
+from processor_support import HTTP_TIMEOUT, free_port
 
 from kafka_helpers import consume_all
 from sensorstream.schema import SensorReading, decode_reading
@@ -54,7 +54,8 @@ class Bridge:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as resp:
+            url = f"http://127.0.0.1:{self.port}{path}"
+            with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as resp:
                 return int(resp.status), resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()

@@ -45,6 +45,9 @@ ALERT_ABOVE = 25.5
 temperature 20..26 °C with ``seq``; with the default 2 °C hysteresis every reading with
 ``seq % 7 == 6`` crosses it anew and raises exactly one temperature_high alert."""
 ALERTING = {"SENSORSTREAM_TEMPERATURE_HIGH": str(ALERT_ABOVE)}
+HTTP_TIMEOUT = 10.0
+"""Seconds a service's /metrics or /readyz may take: a service busy on a loaded machine
+(two test workers on two cores) is slow to answer, not wrong."""
 
 T = TypeVar("T")
 
@@ -198,7 +201,7 @@ class Processor:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(self.url(path), timeout=2) as resp:
+            with urllib.request.urlopen(self.url(path), timeout=HTTP_TIMEOUT) as resp:
                 return int(resp.status), resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
