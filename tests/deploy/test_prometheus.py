@@ -25,9 +25,14 @@ EXPECTED_ALERTS = {
 }
 
 
-def _rules() -> list[dict[str, Any]]:
+def _all_rules() -> list[dict[str, Any]]:
     document = yaml.safe_load(RULES.read_text())
     return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def _rules() -> list[dict[str, Any]]:
+    """The alerting rules (the recording rules of the scaling signal have no alert)."""
+    return [rule for rule in _all_rules() if "alert" in rule]
 
 
 class TestPromtool:
@@ -66,7 +71,7 @@ class TestRules:
         firing = {
             case["alertname"]
             for test in tests
-            for case in test["alert_rule_test"]
+            for case in test.get("alert_rule_test", [])
             if case["exp_alerts"]
         }
         assert EXPECTED_ALERTS == firing
@@ -77,7 +82,7 @@ class TestRules:
         quiet = {
             case["alertname"]
             for test in tests
-            for case in test["alert_rule_test"]
+            for case in test.get("alert_rule_test", [])
             if not case["exp_alerts"]
         }
         assert EXPECTED_ALERTS == quiet
@@ -149,3 +154,39 @@ class TestSecureScrapeConfig:
             for service in ("producer", "processor", "audit", "bridge", "sink")
         }
         assert expected == actual
+
+
+class TestScalingSignal:
+    """The recording rule the Helm chart's HPA scales on (docs/capacity.md)."""
+
+    RECOMMENDED = "sensorstream:processor_recommended_replicas"
+
+    def test_the_recording_rule_exists_under_the_helm_charts_name(self) -> None:
+        """Exactly one rule records sensorstream:processor_recommended_replicas, and the
+        chart's values name that metric."""
+        recorded = [rule["record"] for rule in _all_rules() if "record" in rule]
+        values = yaml.safe_load((REPO / "deploy/helm/sensorstream/values.yaml").read_text())
+        hpa = values["processor"]["autoscaling"]["hpa"]
+        assert (1, self.RECOMMENDED) == (recorded.count(self.RECOMMENDED), hpa["metricName"])
+
+    def test_every_recording_rule_is_evaluated_in_a_test(self) -> None:
+        """Each recorded series is the expression of a promql_expr_test in tests.yml."""
+        tests = yaml.safe_load((PROMETHEUS_DIR / "tests.yml").read_text())["tests"]
+        evaluated = {case["expr"] for test in tests for case in test.get("promql_expr_test", [])}
+        recorded = {rule["record"] for rule in _all_rules() if "record" in rule}
+        assert set() == recorded - evaluated
+
+    def test_recommended_replicas_is_tested_at_1_3_and_the_partition_clamp(self) -> None:
+        """tests.yml expects the recommendation to be 1, 3, and the partition count (4) in
+        a case whose unclamped answer is higher."""
+        tests = yaml.safe_load((PROMETHEUS_DIR / "tests.yml").read_text())["tests"]
+        expected = {
+            (test["name"], sample["value"])
+            for test in tests
+            for case in test.get("promql_expr_test", [])
+            if case["expr"] == self.RECOMMENDED
+            for sample in case["exp_samples"]
+        }
+        values = {value for _, value in expected}
+        clamped = {name for name, value in expected if "clamped at the partition count" in name}
+        assert ({1, 3, 4} <= values, 1) == (True, len(clamped))

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ._audit import audit
+from ._capacity import capacity
 from ._dlq import dlq_app
 from ._lag import lag
 from ._topics import topics_app
@@ -47,6 +48,7 @@ app.command(
     add_help_option=False,
 )(audit)
 app.command("lag")(lag)
+app.command("capacity")(capacity)
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
 
