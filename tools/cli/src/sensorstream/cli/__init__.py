@@ -7,7 +7,9 @@ Subcommands (each with ``--help``; every read command takes ``--json``):
 - ``lag``: per consumer group and partition, how far behind (``sensorstream.cli._lag``);
 - ``topics check`` / ``topics apply``: the live topics against the declared topology
   (``sensorstream.cli._topics``);
-- ``audit``: ``sensorstream-audit`` under this command.
+- ``audit``: ``sensorstream-audit`` under this command;
+- ``capacity``: partitions, replicas, producers and brokers for an input rate, from our
+  measured costs (``sensorstream.cli._capacity``; needs no Kafka).
 
 Connection settings (brokers, TLS, SASL, secrets files) are the services' own
 ``SENSORSTREAM_*`` variables, read by :func:`sensorstream.cli._connection.connection`;

@@ -14,7 +14,8 @@ from ._topics import topics_app
 
 app = typer.Typer(
     name="sensorstream",
-    help="Operate a Sensorstream pipeline: dead letters, lag, topics, audit. Connection "
+    help="Operate a Sensorstream pipeline: dead letters, lag, topics, audit, capacity. "
+    "Connection "
     "settings come from the services' SENSORSTREAM_* variables (docs/operations.md).",
     no_args_is_help=True,
     add_completion=False,
