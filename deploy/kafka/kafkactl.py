@@ -51,11 +51,9 @@ import contextlib
 import fcntl
 import json
 import os
-import random
 import re
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import struct
@@ -69,6 +67,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Literal, get_args
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # deploy/: procctl
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import procctl
+from procctl import free_port as free_port  # kafkactl.free_port: the fixtures use it
 
 __all__ = [
     "DEFAULT_PORT",
@@ -110,7 +114,7 @@ STOP_GRACE_SECONDS = 20.0
 QUORUM_LOST_GRACE_SECONDS = 2.0
 PORT_RELEASE_SECONDS = 2.0
 MIN_JAVA = 17
-HOST = "127.0.0.1"
+HOST = procctl.HOST
 STATE_FILE = "state.json"
 STATE_LOCK = ".state.lock"
 BROKER_MAIN = "kafka.Kafka"
@@ -497,28 +501,18 @@ TOOL_LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 
 def _pid_is_node(pid: int, data_dir: Path) -> bool:
     """True while ``pid`` is a live broker of ``data_dir`` (not a reused pid, not a zombie)."""
-    if pid <= 0:  # never signal our own process group (0) or everything (-1)
+    process = procctl.live_process(pid)
+    if process is None:
         return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it was our child (the pytest fixture)
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
-        return False
-    if cmdline == [b""]:  # just exec'ed: the kernel has not filled in the arguments yet
-        return "(java)" in stat
-    args = [arg.decode(errors="replace") for arg in cmdline]
+    if process.args == [""]:  # just exec'ed: the kernel has not filled in the arguments yet
+        return "(java)" in process.stat
     inside = str(data_dir) + os.sep  # so that .../run1 is not mistaken for .../run10
-    return BROKER_MAIN in args and any(arg.startswith(inside) for arg in args)
+    return BROKER_MAIN in process.args and any(arg.startswith(inside) for arg in process.args)
 
 
 def _read_state(data_dir: Path) -> KafkaCluster | None:
-    try:
-        raw = json.loads((data_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
+    raw = procctl.read_json(data_dir / STATE_FILE)
+    if raw is None:
         return None
     nodes = tuple(KafkaNode(**node) for node in raw["nodes"])
     return KafkaCluster(
@@ -530,10 +524,7 @@ def _read_state(data_dir: Path) -> KafkaCluster | None:
 
 
 def _write_state(cluster: KafkaCluster) -> None:
-    path = Path(cluster.data_dir) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(cluster), indent=2) + "\n")
-    tmp.replace(path)
+    procctl.write_json(Path(cluster.data_dir) / STATE_FILE, asdict(cluster))
 
 
 def _record_pid(data_dir: Path, node_id: int, pid: int) -> KafkaCluster:
@@ -554,31 +545,6 @@ def _record_pid(data_dir: Path, node_id: int, pid: int) -> KafkaCluster:
     return cluster
 
 
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return True
-    return False
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _ephemeral_port_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-    except (OSError, ValueError):
-        return (32768, 60999)  # Linux's default
-    return (int(low), int(high))
-
-
 def stable_free_ports(count: int, *, lowest: int = 20000) -> list[int]:
     """``count`` distinct free ports below the kernel's ephemeral range, ascending.
 
@@ -587,17 +553,10 @@ def stable_free_ports(count: int, *, lowest: int = 20000) -> list[int]:
     the node cannot come back on it. Ports below the ephemeral range are only ever taken
     by a process that binds them on purpose.
     """
-    highest = _ephemeral_port_range()[0] - 1
-    if highest - lowest < 10 * count:
-        lowest = 1024
-    picked: set[int] = set()
-    # A random probe order: two test sessions starting at once rarely pick the same port.
-    for candidate in random.sample(range(lowest, highest + 1), highest + 1 - lowest):
-        if not _port_in_use(candidate):
-            picked.add(candidate)
-            if len(picked) == count:
-                return sorted(picked)
-    raise KafkactlError(f"found only {len(picked)} free ports in {lowest}-{highest}")
+    try:
+        return procctl.stable_free_ports(count, lowest=lowest)
+    except procctl.NoFreePorts as exc:
+        raise KafkactlError(str(exc)) from None
 
 
 def recorded(data_dir: Path = DEFAULT_DATA_DIR) -> KafkaCluster | None:
@@ -629,25 +588,10 @@ def status(data_dir: Path = DEFAULT_DATA_DIR) -> KafkaCluster | None:
     return None
 
 
-def _signal_node(pid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signum)  # each node leads its own session
-
-
-def _still_exiting(pid: int) -> bool:
-    """A zombie main thread whose other threads still run, and still hold its sockets."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        threads = len(os.listdir(f"/proc/{pid}/task"))
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X") and threads > 1
-
-
 def _wait_until_gone(pids: Sequence[int], data_dir: Path) -> None:
     """Return once every pid has exited and released its ports (a restart binds them)."""
     for pid in pids:
-        while _pid_is_node(pid, data_dir) or _still_exiting(pid):
+        while _pid_is_node(pid, data_dir) or procctl.still_exiting(pid):
             time.sleep(0.02)
 
 
@@ -661,23 +605,23 @@ def stop(data_dir: Path = DEFAULT_DATA_DIR, *, grace: float = STOP_GRACE_SECONDS
     cluster = _read_state(data_dir)
     if cluster is None:
         return False
-    alive = [node.pid for node in cluster.nodes if _pid_is_node(node.pid, data_dir)]
-    signalled = list(alive)
+    majority = len(cluster.nodes) // 2 + 1
+
+    def quorum_lost(alive: Sequence[int]) -> float | None:
+        # Once a majority of the controller quorum is gone, the nodes left wait for a
+        # controller to acknowledge their shutdown that can never come; don't wait long.
+        if len(cluster.nodes) > 1 and len(alive) < majority:
+            return QUORUM_LOST_GRACE_SECONDS
+        return None
+
     # Signal all nodes at once: stopped one by one, the last ones lose their quorum and
     # wait for a controller that never comes back.
-    for pid in alive:
-        _signal_node(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    # Once a majority of the controller quorum is gone, the nodes left wait for a
-    # controller to acknowledge their shutdown that can never come; don't wait long.
-    majority = len(cluster.nodes) // 2 + 1
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = [pid for pid in alive if _pid_is_node(pid, data_dir)]
-        if len(cluster.nodes) > 1 and len(alive) < majority:
-            deadline = min(deadline, time.monotonic() + QUORUM_LOST_GRACE_SECONDS)
-    for pid in alive:
-        _signal_node(pid, signal.SIGKILL)
+    signalled = procctl.stop_groups(
+        [node.pid for node in cluster.nodes],
+        lambda pid: _pid_is_node(pid, data_dir),
+        grace=grace,
+        cut_short=quorum_lost,
+    )
     _wait_until_gone(signalled, data_dir)
     (data_dir / STATE_FILE).unlink(missing_ok=True)
     return bool(signalled)
@@ -703,12 +647,9 @@ def stop_node(
     node = cluster.node(node_id)
     if not _pid_is_node(node.pid, data_dir):
         return False
-    _signal_node(node.pid, signal.SIGKILL if hard else signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while not hard and _pid_is_node(node.pid, data_dir) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _pid_is_node(node.pid, data_dir):
-        _signal_node(node.pid, signal.SIGKILL)
+    procctl.stop_group(
+        node.pid, lambda: _pid_is_node(node.pid, data_dir), grace=grace, hard=hard, poll=0.05
+    )
     _wait_until_gone([node.pid], data_dir)
     return True
 
@@ -749,14 +690,16 @@ def start_node(
             f"{node_dir / 'data'} is not formatted; was node {node_id} ever started?"
         )
     # A node killed from elsewhere (kill -9) may hold its ports for a moment longer.
-    deadline = time.monotonic() + PORT_RELEASE_SECONDS
-    while taken := [p for p in _node_ports(node) if _port_in_use(p)]:
-        if time.monotonic() > deadline:
-            raise KafkactlError(
-                f"port {taken[0]} of node {node_id} is in use by another process; "
-                "free it, or restart the cluster on other ports"
-            )
-        time.sleep(0.05)
+    ports = _node_ports(node)
+    if not procctl.wait_for(
+        lambda: not any(procctl.port_in_use(p) for p in ports),
+        timeout=PORT_RELEASE_SECONDS,
+        interval=0.05,
+    ) and (taken := [p for p in ports if procctl.port_in_use(p)]):
+        raise KafkactlError(
+            f"port {taken[0]} of node {node_id} is in use by another process; "
+            "free it, or restart the cluster on other ports"
+        )
     pid = _launch_node(require_java(), fetch(cluster.version, quiet=True), node_dir, heap)
     cluster = _record_pid(data_dir, node_id, pid)
     node = cluster.node(node_id)
@@ -831,7 +774,7 @@ def start(
     else:
         sasl_ssl_ports, ssl_ports = _secure_ports(nodes, port, sasl_ssl_ports, ssl_ports)
     for candidate in [*ports, *controller_ports, *sasl_ssl_ports, *ssl_ports]:
-        if _port_in_use(candidate):
+        if procctl.port_in_use(candidate):
             raise KafkactlError(
                 f"port {candidate} is already in use by another process; "
                 "stop it or pick other ports with --port"
@@ -966,27 +909,23 @@ def _sasl_password(files: SecurityFiles, *, formatted: bool) -> str:
 
 def _launch_node(java: str, libs: Path, node_dir: Path, heap: str) -> int:
     """Start the broker of ``node_dir`` (configured and formatted) in its own session."""
-    with (node_dir / "server.log").open("ab") as out:
-        process = subprocess.Popen(
-            [
-                java,
-                "-Xms256m",
-                f"-Xmx{heap}",
-                "-XX:+UseG1GC",
-                "-XX:MaxGCPauseMillis=20",
-                "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={node_dir / 'log4j2.xml'}",
-                "-cp",
-                classpath(libs),
-                BROKER_MAIN,
-                str(node_dir / "server.properties"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=node_dir,
-        )
+    process = procctl.spawn(
+        [
+            java,
+            "-Xms256m",
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={node_dir / 'log4j2.xml'}",
+            "-cp",
+            classpath(libs),
+            BROKER_MAIN,
+            str(node_dir / "server.properties"),
+        ],
+        node_dir / "server.log",
+        cwd=node_dir,
+    )
     return process.pid
 
 
@@ -1192,10 +1131,7 @@ def _secure_listener_problem(
 
 
 def _log_tail(log: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {log})"
+    return procctl.tail(log, lines)
 
 
 # --------------------------------------------------------------------------- probe

@@ -71,7 +71,7 @@ from stack_processes import (
     kafkactl,
     mosquittoctl,
     pgctl,
-    signal_group,
+    procctl,
     spawn,
     stop_children,
     tail,
@@ -332,10 +332,7 @@ def _write_state(stack: Stack, *, ready: bool) -> None:
             for c in stack.children
         ],
     }
-    path = stack.state_dir / "state.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(path)
+    procctl.write_json(stack.state_dir / "state.json", state)
 
 
 def _venv_command(script: str, module: str) -> list[str]:
@@ -688,22 +685,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _environ_marker(pid: int) -> str | None:
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    prefix = f"{MARKER_ENV}=".encode()
-    for entry in environ:
-        if entry.startswith(prefix):
-            return entry[len(prefix) :].decode(errors="replace")
-    return None
+    return procctl.environ_value(pid, MARKER_ENV)
 
 
 def _read_state(state_dir: Path) -> dict[str, Any]:
-    try:
-        state = json.loads((state_dir / "state.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    state = procctl.read_json(state_dir / "state.json")
     return state if isinstance(state, dict) else {}
 
 
@@ -731,14 +717,13 @@ def stop_leftovers(state_dir: Path) -> bool:
     """Stop what a previous run from ``state_dir`` left behind; True if anything was."""
     state = _read_state(state_dir)
     pids = list(_our_pids(state, state_dir))
-    for pid in pids:
-        signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE
-    while time.monotonic() < deadline and any(_environ_marker(p) for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        if _environ_marker(pid) == str(state_dir):
-            signal_group(pid, signal.SIGKILL)
+    procctl.stop_groups(
+        pids,
+        lambda pid: _environ_marker(pid) == str(state_dir),
+        grace=STOP_GRACE,
+        poll=0.2,
+        permission_ok=True,
+    )
     stopped = bool(pids)
     mosquitto_dirs, postgres_dirs = _server_dirs(state, state_dir)
     for data_dir in mosquitto_dirs:

@@ -12,25 +12,24 @@ anyone else's. Mosquitto and PostgreSQL are not children: their ctl modules
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-for _ctl in ("kafka", "mqtt", "postgres"):
-    if str(REPO / "deploy" / _ctl) not in sys.path:
-        sys.path.insert(0, str(REPO / "deploy" / _ctl))
+for _dir in ("kafka", "mqtt", "postgres", "."):
+    if str((REPO / "deploy" / _dir).resolve()) not in sys.path:
+        sys.path.insert(0, str((REPO / "deploy" / _dir).resolve()))
 
 import kafkactl  # noqa: E402
 import mosquittoctl  # noqa: E402
 import pgctl  # noqa: E402
+import procctl  # noqa: E402
 
 __all__ = [
     "HOST",
@@ -50,6 +49,7 @@ __all__ = [
     "kafkactl",
     "mosquittoctl",
     "pgctl",
+    "procctl",
     "signal_group",
     "spawn",
     "stop_children",
@@ -58,7 +58,7 @@ __all__ = [
     "wait_log",
 ]
 
-HOST = "127.0.0.1"
+HOST = procctl.HOST
 MARKER_ENV = "SENSORSTREAM_LOCAL_STACK_DIR"  # not a service setting: identifies our children
 STOP_GRACE = 20.0  # services flush and commit within their shutdown_timeout (15 s)
 READY_TIMEOUT = 60.0
@@ -129,35 +129,27 @@ def spawn(
 ) -> Child:
     log = stack.state_dir / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**env, MARKER_ENV: str(stack.state_dir)},
-            start_new_session=True,  # own group: Ctrl-C reaches us only; we stop it in order
-            cwd=REPO,
-        )
+    # Its own group: Ctrl-C reaches us only; we stop it in order.
+    process = procctl.spawn(argv, log, env={**env, MARKER_ENV: str(stack.state_dir)}, cwd=REPO)
     child = Child(name=name, role=role, process=process, log=log, port=port)
     stack.children.append(child)
     return child
 
 
 def signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
+    procctl.signal_group(pid, sig, permission_ok=True)
 
 
 def stop_children(children: Sequence[Child], *, grace: float = STOP_GRACE) -> None:
     """SIGTERM each group, wait up to ``grace`` s (less after a second Ctrl-C), SIGKILL."""
-    alive = [child for child in children if child.process.poll() is None]
-    for child in alive:
-        signal_group(child.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline and not _force:
-        time.sleep(0.1)
-        alive = [child for child in alive if child.process.poll() is None]
+    by_pid = {child.pid: child for child in children}
+    procctl.stop_groups(
+        list(by_pid),
+        lambda pid: by_pid[pid].process.poll() is None,
+        grace=grace,
+        cut_short=lambda _alive: 0.0 if _force else None,
+        permission_ok=True,
+    )
     for child in children:
         # Also the group of an exited leader: a stray grandchild must not outlive us.
         signal_group(child.pid, signal.SIGKILL)
@@ -167,16 +159,16 @@ def stop_children(children: Sequence[Child], *, grace: float = STOP_GRACE) -> No
 
 
 def free_port(preferred: int | None = None) -> int:
-    if preferred and not kafkactl._port_in_use(preferred):
+    if preferred and not procctl.port_in_use(preferred):
         return preferred
-    return kafkactl.free_port()
+    return procctl.free_port()
 
 
 def free_ports(count: int) -> list[int]:
     """``count`` distinct free ports (the kernel may hand one out twice)."""
     ports: list[int] = []
     while len(ports) < count:
-        candidate = kafkactl.free_port()
+        candidate = procctl.free_port()
         if candidate not in ports:
             ports.append(candidate)
     return ports
@@ -196,33 +188,40 @@ def _exited(child: Child) -> StackError:
 
 def wait_http(child: Child, path: str, timeout: float = READY_TIMEOUT) -> None:
     """Until ``child`` answers ``path`` with 2xx; a StackError if it exits or never does."""
-    assert child.url is not None, child.name
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.process.poll() is not None:
-            raise _exited(child)
+    url = child.url
+    assert url is not None, child.name
+
+    def answers() -> bool:
         with contextlib.suppress(OSError, urllib.error.URLError):
-            http_get(child.url + path)
-            return
-        time.sleep(0.2)
-    raise StackError(f"{child.name} did not answer {child.url}{path} within {timeout:.0f} s")
+            http_get(url + path)
+            return True
+        return False
+
+    if not procctl.wait_for(answers, timeout=timeout, interval=0.2, check=_check_running(child)):
+        raise StackError(f"{child.name} did not answer {url}{path} within {timeout:.0f} s")
 
 
 def wait_log(child: Child, needle: str, timeout: float = READY_TIMEOUT) -> None:
     """Until ``needle`` is in ``child``'s log (a process without an HTTP endpoint)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def logged() -> bool:
+        with contextlib.suppress(OSError):
+            return needle in child.log.read_text(errors="replace")
+        return False
+
+    if not procctl.wait_for(logged, timeout=timeout, interval=0.2, check=_check_running(child)):
+        raise StackError(
+            f"{child.name} did not log {needle} within {timeout:.0f} s; log {child.log}"
+        )
+
+
+def _check_running(child: Child) -> Callable[[], None]:
+    def check() -> None:
         if child.process.poll() is not None:
             raise _exited(child)
-        with contextlib.suppress(OSError):
-            if needle in child.log.read_text(errors="replace"):
-                return
-        time.sleep(0.2)
-    raise StackError(f"{child.name} did not log {needle} within {timeout:.0f} s; log {child.log}")
+
+    return check
 
 
 def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    return procctl.tail(path, lines, missing="(no log)")

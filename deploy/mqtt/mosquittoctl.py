@@ -41,20 +41,20 @@ only while that process's command line still names this data dir's configuration
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import pwd
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # deploy/: procctl
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import procctl
 
 __all__ = [
     "DEFAULT_PORT",
@@ -70,7 +70,7 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / ".cache" / "mosquitto" / "run"
 DEFAULT_PORT = 1883
-HOST = "127.0.0.1"
+HOST = procctl.HOST
 STATE_FILE = "state.json"
 CONFIG_FILE = "mosquitto.conf"
 PASSWORD_FILE = "passwords"  # noqa: S105 - a file name, not a password
@@ -166,57 +166,25 @@ def _write_passwords(data_dir: Path, users: Mapping[str, str]) -> None:
 
 def _pid_is_broker(pid: int, data_dir: Path) -> bool:
     """True while ``pid`` is a live mosquitto of ``data_dir`` (not a reused pid, not a zombie)."""
-    if pid <= 0:
-        return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it was our child (the pytest fixture)
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
-        return False
-    config = str(data_dir / CONFIG_FILE)
-    return any(arg.decode(errors="replace") == config for arg in cmdline)
+    process = procctl.live_process(pid)
+    return process is not None and str(data_dir / CONFIG_FILE) in process.args
 
 
 def _read_state(data_dir: Path) -> MosquittoBroker | None:
+    raw = procctl.read_json(data_dir / STATE_FILE)
     try:
-        raw = json.loads((data_dir / STATE_FILE).read_text())
         return MosquittoBroker(
             data_dir=raw["data_dir"],
             port=int(raw["port"]),
             pid=int(raw["pid"]),
             users=tuple(raw.get("users", ())),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 
 def _write_state(broker: MosquittoBroker) -> None:
-    path = Path(broker.data_dir) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(broker), indent=2) + "\n")
-    tmp.replace(path)
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return True
-    return False
-
-
-def _ephemeral_port_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-    except (OSError, ValueError):
-        return (32768, 60999)
-    return (int(low), int(high))
+    procctl.write_json(Path(broker.data_dir) / STATE_FILE, asdict(broker))
 
 
 def stable_free_port(*, lowest: int = 20000) -> int:
@@ -226,21 +194,10 @@ def stable_free_port(*, lowest: int = 20000) -> int:
     taken as the source port of any outgoing connection, one below the range only by a
     process that binds it on purpose.
     """
-    highest = _ephemeral_port_range()[0] - 1
-    if highest - lowest < 100:
-        lowest = 1024
-    for candidate in random.sample(range(lowest, highest + 1), highest + 1 - lowest):
-        if not _port_in_use(candidate):
-            return candidate
-    raise MosquittoctlError(f"no free port in {lowest}-{highest}")
-
-
-def _accepts(port: int) -> bool:
     try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+        return procctl.stable_free_ports(1, lowest=lowest, min_span=100)[0]
+    except procctl.NoFreePorts as exc:
+        raise MosquittoctlError(f"no free port in {exc.lowest}-{exc.highest}") from None
 
 
 def status(data_dir: Path = DEFAULT_DATA_DIR) -> MosquittoBroker | None:
@@ -281,7 +238,7 @@ def start(
     elif recorded is not None and recorded.users and (data_dir / PASSWORD_FILE).exists():
         names = recorded.users  # a restart keeps the users it was given
     with_passwords = bool(names)
-    if _port_in_use(port):
+    if procctl.port_in_use(port):
         raise MosquittoctlError(
             f"port {port} on {HOST} is taken; choose another with --port (mosquittoctl start "
             "--port N)"
@@ -289,36 +246,26 @@ def start(
     config = data_dir / CONFIG_FILE
     config.write_text(config_text(data_dir, port, with_passwords=with_passwords))
     log = data_dir / LOG_FILE
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [executable, "-c", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = procctl.spawn([executable, "-c", str(config)], log)
     broker = MosquittoBroker(data_dir=str(data_dir), port=port, pid=process.pid, users=names)
     _write_state(broker)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def exited() -> None:
         if process.poll() is not None:
             raise MosquittoctlError(
                 f"mosquitto exited with status {process.returncode} at start; its log "
-                f"({log}) ends with:\n{_log_tail(log)}"
+                f"({log}) ends with:\n{procctl.tail(log)}"
             )
-        if _accepts(port):
-            return broker
-        time.sleep(0.05)
-    _signal(process.pid, signal.SIGKILL)
+
+    if procctl.wait_for(
+        lambda: procctl.accepts(port), timeout=timeout, interval=0.05, check=exited
+    ):
+        return broker
+    procctl.signal_group(process.pid, signal.SIGKILL)
     raise MosquittoctlError(
         f"mosquitto did not accept connections on {HOST}:{port} within {timeout:g} s; its log "
-        f"({log}) ends with:\n{_log_tail(log)}"
+        f"({log}) ends with:\n{procctl.tail(log)}"
     )
-
-
-def _signal(pid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signum)  # it leads its own session
 
 
 def stop(
@@ -331,25 +278,12 @@ def stop(
     broker = _read_state(data_dir)
     if broker is None or not _pid_is_broker(broker.pid, data_dir):
         return False
-    _signal(broker.pid, signal.SIGKILL if hard else signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while _pid_is_broker(broker.pid, data_dir):
-        if time.monotonic() > deadline:
-            _signal(broker.pid, signal.SIGKILL)
-            deadline = float("inf")
-        time.sleep(0.02)
+    procctl.stop_group(
+        broker.pid, lambda: _pid_is_broker(broker.pid, data_dir), grace=grace, hard=hard
+    )
     # The listener must be free before a restart binds it again.
-    released = time.monotonic() + 5.0
-    while _accepts(broker.port) and time.monotonic() < released:
-        time.sleep(0.02)
+    procctl.wait_for(lambda: not procctl.accepts(broker.port), timeout=5.0, interval=0.02)
     return True
-
-
-def _log_tail(log: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {log})"
 
 
 # --------------------------------------------------------------------------- CLI
@@ -390,11 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("stopped" if stop(args.data_dir, hard=args.hard) else "not running")
             return 0
         if args.command == "status":
-            broker = status(args.data_dir)
-            if broker is None:
+            running = status(args.data_dir)
+            if running is None:
                 print("not running")
                 return EXIT_NOT_RUNNING
-            print(f"running: {broker.address} (pid {broker.pid})")
+            print(f"running: {running.address} (pid {running.pid})")
             return 0
         print(Path(args.data_dir, LOG_FILE).read_text(errors="replace"), end="")
         return 0

@@ -34,21 +34,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import pwd
-import random
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # deploy/: procctl
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import procctl
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -72,7 +73,7 @@ DEFAULT_USER = "sensorstream"
 DEFAULT_DATABASE = "sensorstream"
 SUPERUSER = "postgres"
 SERVER_USER_WHEN_ROOT = "postgres"
-HOST = "127.0.0.1"
+HOST = procctl.HOST
 STATE_FILE = "state.json"
 DEFAULT_START_TIMEOUT = 60.0
 BINDIR_ENV = "PGCTL_BINDIR"
@@ -236,16 +237,6 @@ def _run(argv: Sequence[str], what: str, **kwargs: Any) -> subprocess.CompletedP
 # --------------------------------------------------------------------------- ports
 
 
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return True
-    return False
-
-
 def stable_free_port(*, lowest: int = 20000) -> int:
     """A free port below the kernel's ephemeral range.
 
@@ -253,34 +244,24 @@ def stable_free_port(*, lowest: int = 20000) -> int:
     down (the outage tests stop it), and then it could not come back on it.
     """
     try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    highest = low - 1
-    if highest - lowest < 100:
-        lowest = 1024
-    for candidate in random.sample(range(lowest, highest + 1), highest + 1 - lowest):
-        if not _port_in_use(candidate):
-            return candidate
-    raise PgctlError(f"no free port in {lowest}-{highest}")
+        return procctl.stable_free_ports(1, lowest=lowest, min_span=100)[0]
+    except procctl.NoFreePorts as exc:
+        raise PgctlError(f"no free port in {exc.lowest}-{exc.highest}") from None
 
 
 # --------------------------------------------------------------------------- state
 
 
 def _read_state(data_dir: Path) -> PostgresServer | None:
+    raw = procctl.read_json(data_dir / STATE_FILE)
     try:
-        raw = json.loads((data_dir / STATE_FILE).read_text())
         return PostgresServer(**raw)
-    except (OSError, ValueError, TypeError):
+    except TypeError:  # None (no state), or not a server's fields
         return None
 
 
 def _write_state(server: PostgresServer) -> None:
-    path = Path(server.data_dir) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(server), indent=2) + "\n")
-    tmp.replace(path)
+    procctl.write_json(Path(server.data_dir) / STATE_FILE, asdict(server))
 
 
 def recorded(data_dir: Path = DEFAULT_DATA_DIR) -> PostgresServer | None:
@@ -294,12 +275,8 @@ def _postmaster_pid(server: PostgresServer) -> int | None:
         pid = int(first)
     except (OSError, ValueError, IndexError):
         return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
     # A pid file left by a crash may name a pid reused by another process since.
-    args = [arg.decode(errors="replace") for arg in cmdline]
+    args = procctl.read_cmdline(pid)
     if not args or not args[0].endswith(("postgres", "postmaster")):
         return None
     return pid
@@ -427,7 +404,7 @@ def start(
             database=database,
             server_user=server_user,
         )
-        if _port_in_use(server.port):
+        if procctl.port_in_use(server.port):
             raise PgctlError(f"port {server.port} is in use; choose another with --port")
         try:
             _initdb(server, binaries)
@@ -437,7 +414,7 @@ def start(
                 shutil.rmtree(made, ignore_errors=True)
             raise
         _write_state(server)
-    elif _port_in_use(server.port):
+    elif procctl.port_in_use(server.port):
         raise PgctlError(f"port {server.port} of {data_dir} is in use by another process")
     _run(
         _as_server_user(
@@ -465,13 +442,15 @@ def start(
 
 
 def _wait_until_serving(server: PostgresServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def serving() -> bool:
         try:
             psql(server, "SELECT 1", superuser=True, database="postgres")
-            return
         except PgctlError:
-            time.sleep(0.1)
+            return False
+        return True
+
+    if procctl.wait_for(serving, timeout=timeout, interval=0.1):
+        return
     raise PgctlError(f"PostgreSQL on port {server.port} did not answer; see {server.log_file}")
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import certs
 import kafkactl
+import procctl  # deploy/, on sys.path once kafkactl is imported
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -323,13 +324,13 @@ class TestStatusAndStop:
 class TestStableFreePorts:
     def test_distinct_free_and_below_the_ephemeral_range(self) -> None:
         """No outgoing connection can take such a port while its node is down."""
-        low, _ = kafkactl._ephemeral_port_range()
+        low, _ = procctl.ephemeral_port_range()
 
         ports = kafkactl.stable_free_ports(6)
 
         assert 6 == len(set(ports))
         assert all(port < low for port in ports)
-        assert not any(kafkactl._port_in_use(port) for port in ports)
+        assert not any(procctl.port_in_use(port) for port in ports)
 
 
 class TestNodeDown:
