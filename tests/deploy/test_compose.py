@@ -350,6 +350,21 @@ class TestKafka:
         ]
         assert ["service_completed_successfully"] * len(waiting) == conditions
 
+    def test_kafka_clients_stop_before_kafka(self, resolved: dict[str, Any]) -> None:
+        """Every Kafka client depends on kafka itself (started), not only through the
+        one-shot init-topics: compose stops a service after its dependents, so Kafka is
+        still there while they shut down, and `stop` ends them all with exit 0."""
+        missing = [
+            name
+            for name in KAFKA_CLIENTS
+            if name != "init-topics"
+            and (resolved["services"][name].get("depends_on") or {})
+            .get("kafka", {})
+            .get("condition")
+            != "service_started"
+        ]
+        assert [] == missing
+
     def test_no_condition_podman_never_meets(self, resolved: dict[str, Any]) -> None:
         """No depends_on waits for service_healthy: podman runs no healthchecks, so
         docker-compose would wait for ever."""
@@ -516,7 +531,7 @@ class TestPostgres:
         postgres = resolved["services"]["postgres"]
         pgdata = _environment(postgres)["PGDATA"]
         actual = (_mount_source(resolved, "postgres", pgdata), postgres["tmpfs"])
-        assert ("postgres-data", ["/tmp", "/var/run/postgresql"]) == actual
+        assert ("postgres-data", ["/tmp", "/run"]) == actual
 
     def test_sink_logs_in_as_the_created_user(self, resolved: dict[str, Any]) -> None:
         """The sink connects to the postgres service as the user, database and password
@@ -615,6 +630,7 @@ class TestBridge:
         depends = resolved["services"]["bridge"]["depends_on"]
         actual = {name: spec["condition"] for name, spec in depends.items()}
         expected = {
+            "kafka": "service_started",
             "init-topics": "service_completed_successfully",
             "mosquitto": "service_started",
         }

@@ -65,7 +65,25 @@ if [ -n "${SCRAM_USERNAME:-}${SCRAM_PASSWORD_FILE:-}" ]; then
 fi
 java -Xmx256m "$log4j" -cp "$cp" kafka.tools.StorageTool "$@"
 
+# The broker runs as this shell's child, not in its place: a JVM stopped by SIGTERM exits
+# 143 even after a clean shutdown, and `docker compose stop` should show a clean stop as
+# exit 0. So SIGTERM/SIGINT are passed on, and 143 after them becomes 0; any other exit
+# status (a crash, a failed start) is kept.
+stopping=0
+trap 'stopping=1; kill -TERM "$pid" 2>/dev/null || :' TERM INT
 # shellcheck disable=SC2086 # the *_OPTS variables are word lists on purpose
-exec java ${KAFKA_HEAP_OPTS:-} \
+java ${KAFKA_HEAP_OPTS:-} \
     ${KAFKA_JVM_PERFORMANCE_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true} \
-    ${KAFKA_OPTS:-} "$log4j" -cp "$cp" kafka.Kafka "$conf"
+    ${KAFKA_OPTS:-} "$log4j" -cp "$cp" kafka.Kafka "$conf" &
+pid=$!
+set +e
+while :; do
+    wait "$pid"
+    status=$?
+    # wait returns early (128 + signal) when a trapped signal arrives: wait again.
+    kill -0 "$pid" 2>/dev/null || break
+done
+if [ "$stopping" = 1 ] && [ "$status" = 143 ]; then
+    status=0
+fi
+exit "$status"

@@ -18,6 +18,9 @@ shift
 
 PGDATA=${PGDATA:-/var/lib/postgresql/data}
 export PGDATA
+# The socket directory: compose mounts a tmpfs on /run, which Docker leaves empty (mode
+# 1777) and podman fills with the image's /run/postgresql. Like the official entrypoint.
+mkdir -p /var/run/postgresql 2>/dev/null || :
 user=${POSTGRES_USER:-postgres}
 db=${POSTGRES_DB:-$user}
 auth=${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}
