@@ -15,6 +15,7 @@ help:
 	@echo "make test          unit + integration tests on 2 workers (starts and stops its own Kafka)"
 	@echo "make chaos         fault-injection scenarios on three brokers (~13 min; table in .cache/chaos)"
 	@echo "make bench         run every benchmarks/bench_*.py in turn"
+	@echo "make compose-test  docker-compose.yml for real under podman (root; ~4 min cold)"
 	@echo "make kafka-start   start the local broker on 127.0.0.1:9092 (kafka-stop, kafka-status, kafka-logs)"
 
 sync: $(UV)
